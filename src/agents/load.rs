@@ -1,0 +1,266 @@
+//! Reads an `agents.d` folder: every file, every error, in one pass.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::Catalog;
+use super::registry::{Agent, AgentSet};
+use super::spec::{AgentSpec, agent_schema, agent_validator, check};
+use crate::diag::Diagnostic;
+use crate::yaml;
+
+/// The folder of agents offered to every tenant.
+pub const GLOBAL_DIR: &str = "_global";
+
+/// Largest agent file read; anything bigger is a mistake, not an agent.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Names of agents and tenants: lowercase letters, digits and `-`, 1–64 characters,
+/// starting and ending with a letter or digit.
+pub fn is_valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+const NAME_RULE: &str =
+    "use 1-64 lowercase letters, digits and `-`, starting and ending with a letter or digit";
+
+/// What loading a folder found.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// The agents of every file that had no error.
+    pub agents: AgentSet,
+    /// Every problem, sorted by file and position.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Agent files read.
+    pub files: usize,
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+fn sorted_entries(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| !is_hidden(p))
+                .collect();
+            v.sort();
+            v
+        }
+        Err(e) => {
+            diags.push(Diagnostic::file(
+                dir.display().to_string(),
+                format!("cannot read folder: {e}"),
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// Loads one file; returns the agent when it has no error.
+fn load_file(
+    path: &Path,
+    tenant: Option<&str>,
+    name: &str,
+    catalog: &Catalog,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Agent> {
+    let file = path.display().to_string();
+    let bytes = match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_FILE_BYTES => {
+            diags.push(Diagnostic::file(
+                &file,
+                format!("file is larger than {MAX_FILE_BYTES} bytes"),
+            ));
+            return None;
+        }
+        _ => match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                diags.push(Diagnostic::file(&file, format!("cannot read: {e}")));
+                return None;
+            }
+        },
+    };
+    parse_agent(&file, &bytes, tenant, name, catalog, diags).map(|a| Agent {
+        file: path.to_path_buf(),
+        ..a
+    })
+}
+
+/// Checks the bytes of one agent file named `name` (its stem) of `tenant` (`None`: `_global`),
+/// pushing every problem onto `diags`; returns the agent when there was none.
+pub fn parse_agent(
+    file: &str,
+    bytes: &[u8],
+    tenant: Option<&str>,
+    name: &str,
+    catalog: &Catalog,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Agent> {
+    let before = diags.len();
+    if !is_valid_name(name) {
+        diags.push(Diagnostic::file(
+            file,
+            format!("invalid agent name `{name}` (the file name): {NAME_RULE}"),
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        diags.push(Diagnostic::file(file, "not UTF-8 text"));
+        return None;
+    };
+    let doc = match yaml::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            diags.push(Diagnostic::yaml(file, e));
+            return None;
+        }
+    };
+    let mut found = crate::schema_check::check(file, &doc, agent_schema(), agent_validator());
+    let compiled = check(file, &doc, catalog, &mut found);
+    found.sort();
+    diags.extend(found);
+    if diags.len() > before {
+        return None;
+    }
+    let spec: AgentSpec = match serde_path_to_error::deserialize(&doc.value) {
+        Ok(spec) => spec,
+        Err(e) => {
+            let pointer = format!("/{}", e.path().to_string().replace('.', "/"));
+            diags.push(Diagnostic::field(
+                file,
+                &doc,
+                &pointer,
+                e.inner().to_string(),
+            ));
+            return None;
+        }
+    };
+    Some(Agent {
+        tenant: tenant.map(String::from),
+        name: name.to_string(),
+        file: PathBuf::from(file),
+        input_validator: compiled.input,
+        output_validator: compiled.output,
+        spec,
+    })
+}
+
+/// Loads every agent under `dir`: `<tenant>/<agent>.yaml` and `_global/<agent>.yaml`.
+pub fn load_dir(dir: &Path, catalog: &Catalog) -> LoadReport {
+    let mut diags = Vec::new();
+    let mut files = 0;
+    let mut tenants: BTreeMap<String, BTreeMap<String, Arc<Agent>>> = BTreeMap::new();
+    let mut global = BTreeMap::new();
+    if !dir.is_dir() {
+        diags.push(Diagnostic::file(
+            dir.display().to_string(),
+            "agents folder not found",
+        ));
+    }
+    for entry in if dir.is_dir() {
+        sorted_entries(dir, &mut diags)
+    } else {
+        Vec::new()
+    } {
+        let shown = entry.display().to_string();
+        if !entry.is_dir() {
+            if is_yaml(&entry) {
+                diags.push(Diagnostic::file(
+                    shown,
+                    "agent files belong in a tenant folder: <agents dir>/<tenant>/<agent>.yaml, or _global/ for every tenant",
+                ));
+            }
+            continue;
+        }
+        let folder = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let tenant = (folder != GLOBAL_DIR).then_some(folder.as_str());
+        if tenant.is_some() && !is_valid_name(&folder) {
+            diags.push(Diagnostic::file(
+                &shown,
+                format!("invalid tenant folder name `{folder}`: {NAME_RULE}, or `{GLOBAL_DIR}`"),
+            ));
+            continue;
+        }
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for path in sorted_entries(&entry, &mut diags) {
+            if path.is_dir() {
+                diags.push(Diagnostic::file(
+                    path.display().to_string(),
+                    "nested folders are not read: agents live one level below their tenant folder",
+                ));
+                continue;
+            }
+            if !is_yaml(&path) {
+                continue;
+            }
+            files += 1;
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if let Some(first) = seen.get(&name) {
+                diags.push(Diagnostic::file(
+                    path.display().to_string(),
+                    format!(
+                        "duplicate agent name `{name}`: also defined by {}",
+                        first.display()
+                    ),
+                ));
+                continue;
+            }
+            seen.insert(name.clone(), path.clone());
+            if let Some(agent) = load_file(&path, tenant, &name, catalog, &mut diags) {
+                let target = match tenant {
+                    Some(t) => tenants.entry(t.to_string()).or_default(),
+                    None => &mut global,
+                };
+                target.insert(name, Arc::new(agent));
+            }
+        }
+    }
+    diags.sort();
+    LoadReport {
+        agents: AgentSet::new(tenants, global),
+        diagnostics: diags,
+        files,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "risk-analyzer", "x1", "1x", &"a".repeat(64)] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Risk", "a_b", "a.b", "é", &"a".repeat(65)] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Agents as configuration: definitions in `agents.d`, their JSON Schema, loading with
+//! located errors, and the registry the server reads (hot-reloaded, swapped atomically).
+
+mod load;
+mod registry;
+mod spec;
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
+use serde_json::Value;
+
+pub use load::{GLOBAL_DIR, LoadReport, is_valid_name, load_dir, parse_agent};
+pub use registry::{Agent, AgentRegistry, AgentSet, ReloadStatus, ReloadWatcher};
+pub use spec::{AgentSpec, AgentStatus, agent_schema};
+
+/// What agent files may refer to: the models of `ares.yaml` and the built-in tools.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Known model names; `None` skips the check (when `ares.yaml` itself failed to load).
+    pub models: Option<BTreeSet<String>>,
+    pub tools: BTreeSet<String>,
+}
+
+impl Catalog {
+    /// The catalog of a server with these settings.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Catalog {
+            models: Some(settings.models.keys().cloned().collect()),
+            tools: crate::tools::names().map(String::from).collect(),
+        }
+    }
+}
+
+/// The JSON Schema (2020-12, subschemas inlined) of a Rust type.
+pub fn schema_of<T: JsonSchema>() -> Value {
+    let generator = SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    serde_json::to_value(generator.into_root_schema_for::<T>()).expect("a schema serializes")
+}
+
+#[cfg(test)]
+mod properties;

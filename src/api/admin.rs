@@ -1,0 +1,243 @@
+//! `/admin/v1`: the platform operator's API for tenants, guarded by `ARES_ADMIN_TOKEN`.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi, Tags};
+
+use super::App;
+use super::auth::AdminAuth;
+use super::error::{ApiError, responses};
+use super::keys::CreatedKey;
+use super::wire::{JsonBody, Timestamp};
+use crate::agents::is_valid_name;
+use crate::store::{Tenant, TenantPatch};
+
+#[derive(Tags)]
+pub enum AdminTags {
+    /// Tenants and their quotas.
+    Tenants,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, Object)]
+pub struct TenantInfo {
+    /// Unique identifier, also the name of the tenant's folder in agents.d.
+    pub slug: String,
+    pub name: String,
+    /// Runs allowed per billing period.
+    pub quota_runs: u64,
+    /// Tokens allowed per billing period.
+    pub quota_tokens: u64,
+    pub created_at: Timestamp,
+}
+
+impl From<Tenant> for TenantInfo {
+    fn from(t: Tenant) -> Self {
+        TenantInfo {
+            slug: t.slug,
+            name: t.name,
+            quota_runs: t.quota_runs,
+            quota_tokens: t.quota_tokens,
+            created_at: t.created_at.into(),
+        }
+    }
+}
+
+/// A tenant to create.
+#[derive(Debug, Clone, Object, serde::Deserialize)]
+pub struct CreateTenantRequest {
+    /// 1-64 lowercase letters, digits and `-`, starting and ending with a letter or digit.
+    pub slug: String,
+    /// Display name; the slug when omitted.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: Option<String>,
+    /// Runs per billing period; the deployment's default when omitted.
+    pub quota_runs: Option<u64>,
+    /// Tokens per billing period; the deployment's default when omitted.
+    pub quota_tokens: Option<u64>,
+}
+
+/// The new tenant and its first API key.
+#[derive(Debug, Clone, Object)]
+pub struct CreatedTenant {
+    pub tenant: TenantInfo,
+    /// The first key; its secret is shown only here.
+    pub api_key: CreatedKey,
+}
+
+/// Changes to a tenant; omitted fields stay as they are.
+#[derive(Debug, Clone, Object, serde::Deserialize)]
+pub struct UpdateTenantRequest {
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: Option<String>,
+    pub quota_runs: Option<u64>,
+    pub quota_tokens: Option<u64>,
+}
+
+/// All tenants.
+#[derive(Debug, Clone, Object)]
+pub struct TenantList {
+    pub tenants: Vec<TenantInfo>,
+}
+
+responses! {
+    CreateTenantResponse {
+        ok {
+        /// The tenant and its first key.
+        Created(Json<CreatedTenant>) = 201,
+        }
+        errors {
+            BadRequest = 400: "The body is not JSON of the right shape.",
+            Unauthorized = 401: "Missing or wrong admin token.",
+            Conflict = 409: "A tenant with this slug exists.",
+            Invalid = 422: "The slug or a value is not acceptable.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+responses! {
+    ListTenantsResponse {
+        ok {
+        /// Every tenant, by slug.
+        Ok(Json<TenantList>) = 200,
+        }
+        errors {
+            Unauthorized = 401: "Missing or wrong admin token.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+responses! {
+    UpdateTenantResponse {
+        ok {
+        /// The updated tenant.
+        Ok(Json<TenantInfo>) = 200,
+        }
+        errors {
+            BadRequest = 400: "The body is not JSON of the right shape.",
+            Unauthorized = 401: "Missing or wrong admin token.",
+            NotFound = 404: "No tenant with this slug (`tenant_not_found`).",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+pub struct AdminApi;
+
+/// Creates a tenant and its first key: shared by the admin API and `ares tenant create`.
+pub async fn provision(
+    app: &App,
+    slug: &str,
+    name: Option<&str>,
+    quota_runs: Option<u64>,
+    quota_tokens: Option<u64>,
+) -> Result<CreatedTenant, ApiError> {
+    if !is_valid_name(slug) {
+        return Err(ApiError::validation(format!(
+            "slug: '{slug}' is not valid: use 1-64 lowercase letters, digits and `-`, starting and ending with a letter or digit"
+        )));
+    }
+    let store = &app.engine.store;
+    let q = &app.settings.quotas;
+    let tenant = store
+        .create_tenant(
+            slug,
+            name.unwrap_or(slug),
+            quota_runs.unwrap_or(q.runs),
+            quota_tokens.unwrap_or(q.tokens),
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                "conflict",
+                format!("a tenant with slug '{slug}' already exists"),
+            )
+        })?;
+    let key = store.create_key(slug, "initial", None).await?;
+    Ok(CreatedTenant {
+        tenant: tenant.into(),
+        api_key: CreatedKey {
+            key: key.key.id,
+            secret: key.secret,
+        },
+    })
+}
+
+#[OpenApi(tag = "AdminTags::Tenants")]
+impl AdminApi {
+    /// Create a tenant
+    ///
+    /// Creates a tenant and its first API key. The key's secret is returned only here.
+    #[oai(path = "/tenants", method = "post", operation_id = "createTenant")]
+    async fn create(
+        &self,
+        app: Data<&Arc<App>>,
+        _auth: AdminAuth,
+        body: JsonBody<CreateTenantRequest>,
+    ) -> CreateTenantResponse {
+        let b = body.0;
+        match provision(
+            app.0,
+            &b.slug,
+            b.name.as_deref(),
+            b.quota_runs,
+            b.quota_tokens,
+        )
+        .await
+        {
+            Ok(created) => {
+                tracing::info!(tenant = %created.tenant.slug, "tenant created");
+                CreateTenantResponse::Created(Json(created))
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// List tenants
+    #[oai(path = "/tenants", method = "get", operation_id = "listTenants")]
+    async fn list(&self, app: Data<&Arc<App>>, _auth: AdminAuth) -> ListTenantsResponse {
+        match app.engine.store.tenants().await {
+            Ok(t) => ListTenantsResponse::Ok(Json(TenantList {
+                tenants: t.into_iter().map(TenantInfo::from).collect(),
+            })),
+            Err(e) => ApiError::from(e).into(),
+        }
+    }
+
+    /// Update a tenant
+    ///
+    /// Changes a tenant's name or quotas; new quotas apply to the next request.
+    #[oai(
+        path = "/tenants/:slug",
+        method = "patch",
+        operation_id = "updateTenant"
+    )]
+    async fn update(
+        &self,
+        app: Data<&Arc<App>>,
+        _auth: AdminAuth,
+        /// The tenant's slug.
+        slug: Path<String>,
+        body: JsonBody<UpdateTenantRequest>,
+    ) -> UpdateTenantResponse {
+        let patch = TenantPatch {
+            name: body.0.name,
+            quota_runs: body.0.quota_runs,
+            quota_tokens: body.0.quota_tokens,
+        };
+        match app.engine.store.update_tenant(&slug.0, &patch).await {
+            Ok(Some(t)) => UpdateTenantResponse::Ok(Json(t.into())),
+            Ok(None) => ApiError::new(
+                "tenant_not_found",
+                format!("no tenant with slug '{}'", slug.0),
+            )
+            .into(),
+            Err(e) => ApiError::from(e).into(),
+        }
+    }
+}

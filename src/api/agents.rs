@@ -1,0 +1,471 @@
+//! `/v1/agents`: list, inspect, run, and read run history.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::auth::ApiKeyAuth;
+use super::error::{ApiError, responses};
+use super::json_object::JsonObject;
+use super::wire::{JsonBody, Timestamp};
+use super::{ApiTags, App, Page};
+use crate::agents::Agent;
+use crate::engine::{EngineError, agent_id};
+use crate::store::{AgentState, RunRecord};
+
+/// An agent's configuration as listed.
+#[derive(Debug, Clone, Object)]
+pub struct AgentConfigSummary {
+    /// Logical model name.
+    pub model: String,
+    /// Built-in tools the agent may call.
+    pub tools: Vec<String>,
+}
+
+/// An agent's full configuration.
+#[derive(Debug, Clone, Object)]
+pub struct AgentConfig {
+    /// Logical model name.
+    pub model: String,
+    /// The system prompt of every run.
+    pub system_prompt: String,
+    /// Built-in tools the agent may call.
+    pub tools: Vec<String>,
+    /// Tokens the model may generate per call.
+    pub max_tokens: u32,
+    /// Sampling temperature; null for the model's default.
+    pub temperature: Option<f64>,
+    /// Model calls that may request tools in one run.
+    pub max_tool_iterations: u32,
+    /// Wall-clock limit of a run, in milliseconds.
+    pub timeout_ms: u64,
+    /// JSON Schema a run's `input` must satisfy; null when any input is accepted.
+    pub input_schema: Option<JsonObject>,
+    /// JSON Schema of a run's `output`; null when the output is `{"response": text}`.
+    pub output_schema: Option<JsonObject>,
+}
+
+/// An agent in a listing.
+#[derive(Debug, Clone, Object)]
+pub struct AgentSummary {
+    /// Stable id of this tenant's agent (UUIDv5 of tenant and name).
+    pub id: String,
+    /// The agent's name, used in URLs.
+    pub name: String,
+    /// Kind of work, e.g. `classifier`.
+    pub agent_type: String,
+    /// `active`, or `disabled` (refuses runs).
+    pub status: String,
+    pub config: AgentConfigSummary,
+    /// When this tenant's agent was first seen by the server.
+    pub created_at: Timestamp,
+    /// Start of the latest run; null before the first.
+    pub last_run: Option<Timestamp>,
+    /// Runs so far, completed and failed.
+    pub total_runs: u64,
+    /// Completed runs divided by all runs; 0 before the first run.
+    pub success_rate: f64,
+}
+
+/// One agent with its full configuration.
+#[derive(Debug, Clone, Object)]
+pub struct AgentDetail {
+    /// Stable id of this tenant's agent (UUIDv5 of tenant and name).
+    pub id: String,
+    /// The agent's name, used in URLs.
+    pub name: String,
+    /// Kind of work, e.g. `classifier`.
+    pub agent_type: String,
+    /// `active`, or `disabled` (refuses runs).
+    pub status: String,
+    /// What the agent is for.
+    pub description: Option<String>,
+    pub config: AgentConfig,
+    /// When this tenant's agent was first seen by the server.
+    pub created_at: Timestamp,
+    /// Start of the latest run; null before the first.
+    pub last_run: Option<Timestamp>,
+    /// Runs so far, completed and failed.
+    pub total_runs: u64,
+    /// Completed runs divided by all runs; 0 before the first run.
+    pub success_rate: f64,
+}
+
+/// A page of agents.
+#[derive(Debug, Clone, Object)]
+pub struct AgentList {
+    pub agents: Vec<AgentSummary>,
+    /// All agents of the tenant, not only this page's.
+    pub total: u64,
+    pub page: u32,
+    pub per_page: u32,
+}
+
+/// The input of a run.
+#[derive(Debug, Clone, Object, serde::Deserialize)]
+pub struct RunRequest {
+    /// `message` (text for the model) and `context` (any JSON object), or whatever the agent's input_schema asks for.
+    pub input: JsonObject,
+}
+
+/// One run of an agent.
+#[derive(Debug, Clone, Object)]
+pub struct RunResponse {
+    /// The run's id (UUIDv7).
+    pub id: String,
+    /// Id of the agent that ran.
+    pub agent_id: String,
+    /// `completed` or `failed` (`running` only while a run is in flight).
+    pub status: String,
+    /// The input as given.
+    pub input: JsonObject,
+    /// The agent's output; null when the run failed.
+    pub output: Option<JsonObject>,
+    /// Why the run failed; null when it completed.
+    pub error: Option<String>,
+    pub started_at: Timestamp,
+    /// Null while running.
+    pub finished_at: Option<Timestamp>,
+    /// Null while running.
+    pub duration_ms: Option<u64>,
+    /// Model tokens used, as the provider reported them.
+    pub tokens_used: u64,
+}
+
+/// A page of an agent's runs, newest first.
+#[derive(Debug, Clone, Object)]
+pub struct RunList {
+    pub runs: Vec<RunResponse>,
+    /// All runs of the agent, not only this page's.
+    pub total: u64,
+    pub page: u32,
+    pub per_page: u32,
+}
+
+impl From<RunRecord> for RunResponse {
+    fn from(r: RunRecord) -> Self {
+        let object = |v: serde_json::Value| match v {
+            serde_json::Value::Object(m) => Some(JsonObject(m)),
+            _ => None,
+        };
+        RunResponse {
+            id: r.id,
+            agent_id: r.agent_id,
+            status: r.status.as_str().to_string(),
+            input: object(r.input).unwrap_or_default(),
+            output: r.output.and_then(object),
+            error: r.error,
+            started_at: r.started_at.into(),
+            finished_at: r.finished_at.map(Timestamp),
+            duration_ms: r.duration_ms,
+            tokens_used: r.tokens_used,
+        }
+    }
+}
+
+fn success_rate(s: &AgentState) -> f64 {
+    if s.total_runs == 0 {
+        0.0
+    } else {
+        s.completed_runs as f64 / s.total_runs as f64
+    }
+}
+
+fn schema_object(v: &Option<serde_json::Value>) -> Option<JsonObject> {
+    match v {
+        Some(serde_json::Value::Object(m)) => Some(JsonObject(m.clone())),
+        _ => None,
+    }
+}
+
+fn summary(tenant: &str, a: &Agent, s: &AgentState) -> AgentSummary {
+    AgentSummary {
+        id: agent_id(tenant, &a.name),
+        name: a.name.clone(),
+        agent_type: a.spec.agent_type.clone(),
+        status: a.spec.status.as_str().to_string(),
+        config: AgentConfigSummary {
+            model: a.spec.model.clone(),
+            tools: a.spec.tools.clone(),
+        },
+        created_at: s.created_at.into(),
+        last_run: s.last_run.map(Timestamp),
+        total_runs: s.total_runs,
+        success_rate: success_rate(s),
+    }
+}
+
+fn detail(tenant: &str, a: &Agent, s: &AgentState) -> AgentDetail {
+    AgentDetail {
+        id: agent_id(tenant, &a.name),
+        name: a.name.clone(),
+        agent_type: a.spec.agent_type.clone(),
+        status: a.spec.status.as_str().to_string(),
+        description: a.spec.description.clone(),
+        config: AgentConfig {
+            model: a.spec.model.clone(),
+            system_prompt: a.spec.system_prompt.clone(),
+            tools: a.spec.tools.clone(),
+            max_tokens: a.spec.max_tokens,
+            temperature: a.spec.temperature,
+            max_tool_iterations: a.spec.max_tool_iterations,
+            timeout_ms: a.spec.timeout_ms,
+            input_schema: schema_object(&a.spec.input_schema),
+            output_schema: schema_object(&a.spec.output_schema),
+        },
+        created_at: s.created_at.into(),
+        last_run: s.last_run.map(Timestamp),
+        total_runs: s.total_runs,
+        success_rate: success_rate(s),
+    }
+}
+
+fn agent_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        "agent_not_found",
+        format!("no agent named '{name}' in this tenant"),
+    )
+}
+
+responses! {
+    ListAgentsResponse {
+        ok {
+        /// A page of the tenant's agents, by name.
+        Ok(Json<AgentList>) = 200,
+        }
+        errors {
+            BadRequest = 400: "A query parameter is not a number.",
+            Unauthorized = 401: "Missing or invalid API key.",
+            Invalid = 422: "`page` or `per_page` is out of range.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+responses! {
+    GetAgentResponse {
+        ok {
+        /// The agent.
+        Ok(Json<AgentDetail>) = 200,
+        }
+        errors {
+            Unauthorized = 401: "Missing or invalid API key.",
+            NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+responses! {
+    RunAgentResponse {
+        ok {
+        /// The run, completed or failed. A failed run is still a 200: it happened and was recorded.
+        Ok(Json<RunResponse>) = 200,
+        }
+        errors {
+            BadRequest = 400: "The body is not JSON of the right shape.",
+            Unauthorized = 401: "Missing or invalid API key.",
+            NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
+            Disabled = 409: "The agent is disabled (`agent_disabled`).",
+            TooLarge = 413: "The body is larger than the configured limit.",
+            Invalid = 422: "The input does not satisfy the agent's input rules; the message names the field.",
+            QuotaExceeded = 429: "The tenant's run or token quota for this period is used up.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+responses! {
+    ListRunsResponse {
+        ok {
+        /// A page of the agent's runs, newest first.
+        Ok(Json<RunList>) = 200,
+        }
+        errors {
+            BadRequest = 400: "A query parameter is not a number.",
+            Unauthorized = 401: "Missing or invalid API key.",
+            NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
+            Invalid = 422: "`page` or `per_page` is out of range.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+/// Maps an engine refusal to its API error.
+pub fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::AgentNotFound(name) => agent_not_found(&name),
+        EngineError::AgentDisabled(name) => {
+            ApiError::new("agent_disabled", format!("agent '{name}' is disabled"))
+        }
+        EngineError::Invalid { field, message } => {
+            ApiError::validation(format!("{field}: {message}"))
+        }
+        EngineError::QuotaExceeded(m) => ApiError::new("quota_exceeded", m),
+        EngineError::Store(e) => e.into(),
+    }
+}
+
+pub struct AgentsApi;
+
+#[OpenApi(tag = "ApiTags::Agents")]
+impl AgentsApi {
+    /// List agents
+    ///
+    /// Returns a paginated list of agents configured for your tenant, ordered by name.
+    #[oai(path = "/agents", method = "get", operation_id = "listAgents")]
+    async fn list(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        /// Page number, from 1.
+        #[oai(default = "super::default_page")]
+        page: Query<u32>,
+        /// Results per page, 1 to 100.
+        #[oai(default = "super::default_per_page")]
+        per_page: Query<u32>,
+    ) -> ListAgentsResponse {
+        let page = match Page::new(page.0, per_page.0) {
+            Ok(p) => p,
+            Err(e) => return e.into(),
+        };
+        let tenant = &auth.0.tenant.slug;
+        let set = app.engine.agents.snapshot();
+        let all = set.list(tenant);
+        let total = all.len() as u64;
+        let slice: Vec<Arc<Agent>> = all
+            .into_iter()
+            .skip(page.offset())
+            .take(page.per_page as usize)
+            .cloned()
+            .collect();
+        drop(set);
+        let ids: Vec<(String, String)> = slice
+            .iter()
+            .map(|a| (agent_id(tenant, &a.name), a.name.clone()))
+            .collect();
+        let states = match app.engine.store.agent_states(tenant, &ids).await {
+            Ok(s) => s,
+            Err(e) => return ApiError::from(e).into(),
+        };
+        let agents = slice
+            .iter()
+            .zip(states.iter())
+            .map(|(a, s)| summary(tenant, a, s))
+            .collect();
+        ListAgentsResponse::Ok(Json(AgentList {
+            agents,
+            total,
+            page: page.page,
+            per_page: page.per_page,
+        }))
+    }
+
+    /// Get agent details
+    ///
+    /// Returns full details for a single agent of your tenant.
+    #[oai(path = "/agents/:name", method = "get", operation_id = "getAgent")]
+    async fn get(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        /// The agent's name.
+        name: Path<String>,
+    ) -> GetAgentResponse {
+        let tenant = &auth.0.tenant.slug;
+        let Some(agent) = app.engine.agents.snapshot().get(tenant, &name.0).cloned() else {
+            return agent_not_found(&name.0).into();
+        };
+        let ids = [(agent_id(tenant, &agent.name), agent.name.clone())];
+        match app.engine.store.agent_states(tenant, &ids).await {
+            Ok(states) => match states.first() {
+                Some(s) => GetAgentResponse::Ok(Json(detail(tenant, &agent, s))),
+                None => ApiError::internal().into(),
+            },
+            Err(e) => ApiError::from(e).into(),
+        }
+    }
+
+    /// Run an agent
+    ///
+    /// Executes the agent with the given input and answers with the run record. A run that
+    /// fails (model error, invalid output, timeout) is answered with status 200, `status:
+    /// "failed"` and an `error`; it is recorded and counted like any run.
+    #[oai(path = "/agents/:name/run", method = "post", operation_id = "runAgent")]
+    async fn run(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        /// The agent's name.
+        name: Path<String>,
+        body: JsonBody<RunRequest>,
+    ) -> RunAgentResponse {
+        match app
+            .engine
+            .run_agent(&auth.0.tenant, &name.0, body.0.input.0)
+            .await
+        {
+            Ok(run) => {
+                app.metrics.record_run(run.status.as_str(), run.tokens_used);
+                RunAgentResponse::Ok(Json(run.into()))
+            }
+            Err(e) => engine_error(e).into(),
+        }
+    }
+
+    /// List agent runs
+    ///
+    /// Returns the run history of an agent, newest first.
+    #[oai(
+        path = "/agents/:name/runs",
+        method = "get",
+        operation_id = "listAgentRuns"
+    )]
+    async fn runs(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        /// The agent's name.
+        name: Path<String>,
+        /// Page number, from 1.
+        #[oai(default = "super::default_page")]
+        page: Query<u32>,
+        /// Results per page, 1 to 100.
+        #[oai(default = "super::default_per_page")]
+        per_page: Query<u32>,
+    ) -> ListRunsResponse {
+        let page = match Page::new(page.0, per_page.0) {
+            Ok(p) => p,
+            Err(e) => return e.into(),
+        };
+        let tenant = &auth.0.tenant.slug;
+        if app.engine.agents.snapshot().get(tenant, &name.0).is_none() {
+            return agent_not_found(&name.0).into();
+        }
+        let id = agent_id(tenant, &name.0);
+        let store = &app.engine.store;
+        let states = match store
+            .agent_states(tenant, &[(id.clone(), name.0.clone())])
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return ApiError::from(e).into(),
+        };
+        let total = states.first().map_or(0, |s| s.total_runs);
+        match store
+            .runs(&id, page.offset() as u64, u64::from(page.per_page))
+            .await
+        {
+            Ok(runs) => ListRunsResponse::Ok(Json(RunList {
+                runs: runs.into_iter().map(RunResponse::from).collect(),
+                total,
+                page: page.page,
+                per_page: page.per_page,
+            })),
+            Err(e) => ApiError::from(e).into(),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `/v1/chat` and `/v1/chat/stream`: a conversation with a model, or with the agent of a type.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::{Enum, Object, OpenApi};
+
+use super::agents::engine_error;
+use super::auth::ApiKeyAuth;
+use super::error::{ApiError, responses};
+use super::wire::JsonBody;
+use super::{ApiTags, App};
+use crate::engine::{ChatChunk, ChatInput};
+use crate::llm::{Message, Role};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, Object, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    #[oai(validator(max_length = 1000000))]
+    pub content: String,
+}
+
+/// A conversation to continue. Give a `model`, an `agent_type`, or both: the tenant's active
+/// agent of that type supplies the system prompt (and the model, unless one is given).
+#[derive(Debug, Clone, Object, serde::Deserialize)]
+pub struct ChatRequest {
+    /// The conversation so far, oldest first; at least one message.
+    #[oai(validator(min_items = 1, max_items = 1000))]
+    pub messages: Vec<ChatMessage>,
+    /// Logical model name, e.g. `llama-3.3-70b`.
+    pub model: Option<String>,
+    /// Use the tenant's active agent of this type, e.g. `analyst`.
+    pub agent_type: Option<String>,
+}
+
+/// The model's complete answer.
+#[derive(Debug, Clone, Object)]
+pub struct ChatResponse {
+    /// Id of this message (UUIDv7).
+    pub id: String,
+    /// The answer's text.
+    pub content: String,
+    /// The logical model that answered.
+    pub model: String,
+    /// Prompt and completion tokens, as the provider reported them.
+    pub tokens_used: u64,
+    /// Why the answer ended: `stop`, `length`, ...
+    pub finish_reason: String,
+}
+
+/// One server-sent event of a streamed answer: `data: {"delta": "...", "finish_reason": null}`;
+/// the last one has `delta: ""`, a `finish_reason` and `tokens_used`.
+#[derive(Debug, Clone, Object)]
+pub struct ChatStreamChunk {
+    /// The next piece of the answer's text.
+    pub delta: String,
+    /// Null until the last event; then `stop`, `length`, or `error` when the provider failed mid-stream.
+    pub finish_reason: Option<String>,
+    /// Tokens used by the whole answer; only on the last event.
+    #[oai(skip_serializing_if_is_none)]
+    pub tokens_used: Option<u64>,
+    /// What went wrong; only on a last event with `finish_reason: "error"`.
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+}
+
+impl From<ChatChunk> for ChatStreamChunk {
+    fn from(c: ChatChunk) -> Self {
+        ChatStreamChunk {
+            delta: c.delta,
+            finish_reason: c.finish_reason,
+            tokens_used: c.tokens_used,
+            error: c.error,
+        }
+    }
+}
+
+responses! {
+    ChatEndpointResponse {
+        ok {
+        /// The answer.
+        Ok(Json<ChatResponse>) = 200,
+        }
+        errors {
+            BadRequest = 400: "The body is not JSON of the right shape (e.g. an unknown role).",
+            Unauthorized = 401: "Missing or invalid API key.",
+            TooLarge = 413: "The body is larger than the configured limit.",
+            Invalid = 422: "Unknown model or agent_type, or neither given; the message names the field.",
+            QuotaExceeded = 429: "The tenant's token quota for this period is used up.",
+            Upstream = 502: "The model provider failed (`upstream_error`).",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+responses! {
+    ChatStreamResponse {
+        ok {
+        /// A stream of server-sent events, each `data: <ChatStreamChunk>`.
+        Ok(EventStream<futures_util::stream::BoxStream<'static, ChatStreamChunk>>) = 200,
+        }
+        errors {
+            BadRequest = 400: "The body is not JSON of the right shape (e.g. an unknown role).",
+            Unauthorized = 401: "Missing or invalid API key.",
+            TooLarge = 413: "The body is larger than the configured limit.",
+            Invalid = 422: "Unknown model or agent_type, or neither given; the message names the field.",
+            QuotaExceeded = 429: "The tenant's token quota for this period is used up.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+fn input(body: ChatRequest) -> ChatInput {
+    ChatInput {
+        messages: body
+            .messages
+            .into_iter()
+            .map(|m| {
+                let role = match m.role {
+                    ChatRole::System => Role::System,
+                    ChatRole::User => Role::User,
+                    ChatRole::Assistant => Role::Assistant,
+                };
+                Message::new(role, m.content)
+            })
+            .collect(),
+        model: body.model,
+        agent_type: body.agent_type,
+    }
+}
+
+pub struct ChatApi;
+
+#[OpenApi(tag = "ApiTags::Chat")]
+impl ChatApi {
+    /// Send a chat message
+    ///
+    /// Sends the conversation to a model (or the agent of a type) and answers with the complete response.
+    #[oai(path = "/chat", method = "post", operation_id = "chat")]
+    async fn chat(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        body: JsonBody<ChatRequest>,
+    ) -> ChatEndpointResponse {
+        match app.engine.chat(&auth.0.tenant, input(body.0)).await {
+            Ok(Ok(out)) => {
+                app.metrics.record_tokens(out.tokens_used);
+                ChatEndpointResponse::Ok(Json(ChatResponse {
+                    id: out.id,
+                    content: out.content,
+                    model: out.model,
+                    tokens_used: out.tokens_used,
+                    finish_reason: out.finish_reason,
+                }))
+            }
+            Ok(Err(provider)) => ApiError::new("upstream_error", provider.to_string()).into(),
+            Err(e) => engine_error(e).into(),
+        }
+    }
+
+    /// Stream a chat response
+    ///
+    /// Same request as `/v1/chat`; the answer arrives as server-sent events, one `data:` line
+    /// per piece of text, the last with `finish_reason` and `tokens_used`.
+    #[oai(path = "/chat/stream", method = "post", operation_id = "chatStream")]
+    async fn stream(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        body: JsonBody<ChatRequest>,
+    ) -> ChatStreamResponse {
+        let engine = Arc::clone(&app.engine);
+        match engine.chat_stream(&auth.0.tenant, input(body.0)).await {
+            Ok(stream) => {
+                use futures_util::StreamExt;
+                let metrics = Arc::clone(&app.metrics);
+                let events = stream
+                    .map(move |c| {
+                        if let Some(t) = c.tokens_used {
+                            metrics.record_tokens(t);
+                        }
+                        ChatStreamChunk::from(c)
+                    })
+                    .boxed();
+                ChatStreamResponse::Ok(EventStream::new(events))
+            }
+            Err(e) => engine_error(e).into(),
+        }
+    }
+}

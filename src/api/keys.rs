@@ -1,0 +1,189 @@
+//! `/v1/api-keys`: list, create and revoke the tenant's API keys.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::auth::ApiKeyAuth;
+use super::error::{ApiError, responses};
+use super::wire::{JsonBody, Timestamp};
+use super::{ApiTags, App};
+use crate::store::ApiKey;
+
+/// An API key, without its secret.
+#[derive(Debug, Clone, Object)]
+pub struct ApiKeyInfo {
+    /// The key's id (UUIDv7), used to revoke it.
+    pub id: String,
+    pub name: String,
+    /// `ares_` and the first four characters of the secret, to recognise it.
+    pub prefix: String,
+    pub created_at: Timestamp,
+    /// Null when the key does not expire.
+    pub expires_at: Option<Timestamp>,
+    /// Null when never used (updated about once a second).
+    pub last_used: Option<Timestamp>,
+}
+
+impl From<ApiKey> for ApiKeyInfo {
+    fn from(k: ApiKey) -> Self {
+        ApiKeyInfo {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            created_at: k.created_at.into(),
+            expires_at: k.expires_at.map(Timestamp),
+            last_used: k.last_used.map(Timestamp),
+        }
+    }
+}
+
+/// The tenant's live keys.
+#[derive(Debug, Clone, Object)]
+pub struct ApiKeyList {
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+/// A key to create.
+#[derive(Debug, Clone, Object, serde::Deserialize)]
+pub struct CreateKeyRequest {
+    /// A name to recognise the key by.
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub name: String,
+    /// Days until the key expires; omit for a key that does not expire.
+    #[oai(validator(minimum(value = "1"), maximum(value = "36500")))]
+    pub expires_in_days: Option<u32>,
+}
+
+/// A created key. The secret is shown only here: store it now.
+#[derive(Debug, Clone, Object)]
+pub struct CreatedKey {
+    /// The key's id.
+    pub key: String,
+    /// The secret to send as `Authorization: Bearer <secret>`.
+    pub secret: String,
+}
+
+responses! {
+    ListKeysResponse {
+        ok {
+        /// The tenant's keys that are not revoked.
+        Ok(Json<ApiKeyList>) = 200,
+        }
+        errors {
+            Unauthorized = 401: "Missing or invalid API key.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+responses! {
+    CreateKeyResponse {
+        ok {
+        /// The key was created.
+        Created(Json<CreatedKey>) = 201,
+        }
+        errors {
+            BadRequest = 400: "The body is not JSON of the right shape.",
+            Unauthorized = 401: "Missing or invalid API key.",
+            TooLarge = 413: "The body is larger than the configured limit.",
+            Invalid = 422: "A value is out of range; the message names the field.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+responses! {
+    RevokeKeyResponse {
+        ok {
+        /// The key is revoked; the next request made with it gets 401.
+        Revoked = 204,
+        }
+        errors {
+            Unauthorized = 401: "Missing or invalid API key.",
+            NotFound = 404: "No live key with that id in this tenant (`api_key_not_found`).",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+pub struct KeysApi;
+
+#[OpenApi(tag = "ApiTags::ApiKeys")]
+impl KeysApi {
+    /// List API keys
+    ///
+    /// Returns the tenant's API keys that are not revoked. Secrets are never returned after creation.
+    #[oai(path = "/api-keys", method = "get", operation_id = "listApiKeys")]
+    async fn list(&self, app: Data<&Arc<App>>, auth: ApiKeyAuth) -> ListKeysResponse {
+        match app.engine.store.keys(&auth.0.tenant.slug).await {
+            Ok(keys) => ListKeysResponse::Ok(Json(ApiKeyList {
+                keys: keys.into_iter().map(ApiKeyInfo::from).collect(),
+            })),
+            Err(e) => ApiError::from(e).into(),
+        }
+    }
+
+    /// Create API key
+    ///
+    /// Creates a key for the tenant. `expires_in_days` is optional; without it the key does not expire.
+    #[oai(path = "/api-keys", method = "post", operation_id = "createApiKey")]
+    async fn create(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        body: JsonBody<CreateKeyRequest>,
+    ) -> CreateKeyResponse {
+        let expires = body
+            .0
+            .expires_in_days
+            .map(|d| Utc::now() + chrono::Duration::days(i64::from(d)));
+        match app
+            .engine
+            .store
+            .create_key(&auth.0.tenant.slug, &body.0.name, expires)
+            .await
+        {
+            Ok(new) => CreateKeyResponse::Created(Json(CreatedKey {
+                key: new.key.id,
+                secret: new.secret,
+            })),
+            Err(e) => ApiError::from(e).into(),
+        }
+    }
+
+    /// Revoke API key
+    ///
+    /// Immediately invalidates the key. Returns 204 No Content on success.
+    #[oai(
+        path = "/api-keys/:id",
+        method = "delete",
+        operation_id = "revokeApiKey"
+    )]
+    async fn revoke(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        /// The key's id.
+        id: Path<String>,
+    ) -> RevokeKeyResponse {
+        match app
+            .engine
+            .store
+            .revoke_key(&auth.0.tenant.slug, &id.0)
+            .await
+        {
+            Ok(true) => RevokeKeyResponse::Revoked,
+            Ok(false) => ApiError::new(
+                "api_key_not_found",
+                format!("no API key with id '{}' in this tenant", id.0),
+            )
+            .into(),
+            Err(e) => ApiError::from(e).into(),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The HTTP layer: the V1 client API and the admin API (poem-openapi), errors, auth, metrics.
+//!
+//! The only module that knows HTTP and wire types; handlers convert to and from the engine's
+//! and the store's types explicitly.
+
+pub mod admin;
+pub mod agents;
+pub mod auth;
+pub mod chat;
+pub mod error;
+pub mod json_object;
+pub mod keys;
+pub mod metrics;
+pub mod request_id;
+pub mod usage;
+pub mod wire;
+
+use std::sync::Arc;
+
+use poem::http::StatusCode;
+use poem::web::Data;
+use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Response, Route, handler};
+use poem_openapi::{ExtraHeader, OpenApiService, Tags};
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use error::ApiError;
+use metrics::Metrics;
+
+/// What every handler can reach.
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Agents configured for your tenant: list, inspect, run, and run history.
+    Agents,
+    /// Conversations with a model or with the agent of a type, complete or streamed.
+    Chat,
+    /// Usage of the current billing period against the tenant's quotas.
+    Usage,
+    /// The tenant's API keys.
+    #[oai(rename = "API Keys")]
+    ApiKeys,
+}
+
+pub const MAX_PER_PAGE: u32 = 100;
+
+pub fn default_page() -> u32 {
+    1
+}
+pub fn default_per_page() -> u32 {
+    20
+}
+
+/// A checked page request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub page: u32,
+    pub per_page: u32,
+}
+
+impl Page {
+    pub fn new(page: u32, per_page: u32) -> Result<Page, ApiError> {
+        if page == 0 {
+            return Err(ApiError::validation("page: must be at least 1, got 0"));
+        }
+        if per_page == 0 || per_page > MAX_PER_PAGE {
+            return Err(ApiError::validation(format!(
+                "per_page: must be between 1 and {MAX_PER_PAGE}, got {per_page}"
+            )));
+        }
+        Ok(Page { page, per_page })
+    }
+
+    pub fn offset(&self) -> usize {
+        (self.page as usize - 1).saturating_mul(self.per_page as usize)
+    }
+}
+
+fn request_id_header() -> ExtraHeader {
+    ExtraHeader::new("X-Request-Id")
+        .description("Id of this request: the client's X-Request-Id when it sent a usable one, else a new UUIDv7.")
+}
+
+pub type V1Apis = (
+    agents::AgentsApi,
+    chat::ChatApi,
+    usage::UsageApi,
+    keys::KeysApi,
+);
+
+/// The V1 client API, as served under `/v1` and described in `openapi/v1.yaml`.
+pub fn v1_service() -> OpenApiService<V1Apis, ()> {
+    OpenApiService::new(
+        (agents::AgentsApi, chat::ChatApi, usage::UsageApi, keys::KeysApi),
+        "ARES V1 Client API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "The primary interface for clients integrating ARES. Every endpoint is scoped to the tenant of the \
+         API key sent as `Authorization: Bearer ares_...`: you only see your own agents, runs, usage and keys. \
+         Errors answer with `{\"error\": {\"code\", \"message\", \"request_id\"}}`.",
+    )
+    .server("http://127.0.0.1:8080")
+    .url_prefix("/v1")
+    .extra_response_header::<String, _>(request_id_header())
+}
+
+/// The platform admin API, under `/admin/v1`, described in `openapi/admin.yaml`.
+pub fn admin_service() -> OpenApiService<admin::AdminApi, ()> {
+    OpenApiService::new(admin::AdminApi, "ARES Admin API", env!("CARGO_PKG_VERSION"))
+        .description(
+            "Tenant provisioning for the platform operator, guarded by `Authorization: Bearer $ARES_ADMIN_TOKEN`. \
+             Off when ARES_ADMIN_TOKEN is unset. API keys never authenticate here.",
+        )
+        .server("http://127.0.0.1:8080")
+        .url_prefix("/admin/v1")
+        .extra_response_header::<String, _>(request_id_header())
+}
+
+/// Turns any error poem raised (routing, parsing, auth, limits) into the one JSON error body.
+fn to_api_error(err: poem::Error, admin: bool) -> ApiError {
+    if let Some(e) = err.downcast_ref::<ApiError>() {
+        return e.clone();
+    }
+    if err.is::<poem_openapi::error::AuthorizationError>() {
+        return if admin {
+            ApiError::unauthorized_admin()
+        } else {
+            ApiError::unauthorized()
+        };
+    }
+    match err.status() {
+        StatusCode::NOT_FOUND => {
+            ApiError::new("not_found", "no such route; see /openapi.json for the API")
+        }
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            "method_not_allowed",
+            "this route does not accept this method",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new("payload_too_large", err.to_string()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        StatusCode::UNAUTHORIZED => ApiError::unauthorized(),
+        s if s.is_server_error() => {
+            tracing::error!(error = %err, "request failed");
+            ApiError::internal()
+        }
+        s => ApiError {
+            status: s.as_u16(),
+            code: "invalid_request",
+            message: err.to_string(),
+        },
+    }
+}
+
+async fn catch(err: poem::Error, admin: bool) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    to_api_error(err, admin).into_response()
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn readyz(app: Data<&Arc<App>>) -> Response {
+    if app.engine.store.ping().await {
+        "ready".into_response()
+    } else {
+        ApiError::unavailable().into_response()
+    }
+}
+
+#[handler]
+fn metrics_text(app: Data<&Arc<App>>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(app.metrics.render())
+}
+
+/// Rejects bodies over `max` bytes with 413, whether or not they declare their length.
+pub struct BodyLimit(pub usize);
+
+impl<E: Endpoint> poem::Middleware<E> for BodyLimit {
+    type Output = BodyLimitEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        BodyLimitEndpoint(ep, self.0)
+    }
+}
+
+pub struct BodyLimitEndpoint<E>(E, usize);
+
+impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
+    type Output = E::Output;
+    async fn call(&self, mut req: poem::Request) -> poem::Result<E::Output> {
+        let too_large = || {
+            ApiError::new(
+                "payload_too_large",
+                format!("the request body is larger than {} bytes", self.1),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(n) if n > self.1 as u64 => return Err(too_large().into()),
+            Some(_) => {}
+            None => {
+                let body = req.take_body();
+                if !body.is_empty() {
+                    let bytes = body
+                        .into_bytes_limit(self.1)
+                        .await
+                        .map_err(|_| too_large())?;
+                    req.set_body(bytes);
+                }
+            }
+        }
+        self.0.call(req).await
+    }
+}
+
+/// Every route of the server.
+pub fn routes(app: Arc<App>) -> impl Endpoint<Output = Response> {
+    let v1 = v1_service();
+    let admin = admin_service();
+    let spec_json = v1.spec_endpoint();
+    let spec_yaml = v1.spec_endpoint_yaml();
+    let docs = v1.redoc();
+    let max_body = app.settings.limits.max_body_bytes;
+    let metrics = Arc::clone(&app.metrics);
+    let mut route = Route::new()
+        .nest(
+            "/v1",
+            v1.into_endpoint().catch_all_error(|e| catch(e, false)),
+        )
+        .at("/openapi.json", spec_json)
+        .at("/openapi.yaml", spec_yaml)
+        .nest("/docs", docs)
+        .at("/healthz", healthz)
+        .at("/readyz", readyz)
+        .at("/metrics", metrics_text);
+    if app.settings.admin_token.is_some() {
+        route = route.nest(
+            "/admin/v1",
+            admin.into_endpoint().catch_all_error(|e| catch(e, true)),
+        );
+    }
+    route
+        .with(BodyLimit(max_body))
+        .data(app)
+        .catch_all_error(|e| catch(e, false))
+        .with(request_id::RequestId)
+        .with(metrics::Track(metrics))
+}

@@ -1,0 +1,120 @@
+//! `/v1/usage`: the tenant's usage in the current billing period, against its quotas.
+
+use std::sync::Arc;
+
+use chrono::{NaiveDate, Utc};
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::auth::ApiKeyAuth;
+use super::error::{ApiError, responses};
+use super::wire::Timestamp;
+use super::{ApiTags, App};
+
+/// Usage on one day (UTC).
+#[derive(Debug, Clone, Object)]
+pub struct DailyUsage {
+    pub date: NaiveDate,
+    /// Agent runs started that day, completed and failed.
+    pub runs: u64,
+    /// Model tokens of runs and chats.
+    pub tokens: u64,
+    /// Authenticated `/v1` requests.
+    pub api_calls: u64,
+}
+
+/// The tenant's usage in the current billing period.
+#[derive(Debug, Clone, Object)]
+pub struct UsageResponse {
+    /// First second of the period.
+    pub period_start: Timestamp,
+    /// Last second of the period.
+    pub period_end: Timestamp,
+    /// Agent runs, completed and failed.
+    pub total_runs: u64,
+    /// Model tokens of runs and chats.
+    pub total_tokens: u64,
+    /// Authenticated `/v1` requests, this one included.
+    pub total_api_calls: u64,
+    /// Runs allowed in the period.
+    pub quota_runs: u64,
+    /// Tokens allowed in the period.
+    pub quota_tokens: u64,
+    /// Every day of the period with activity, newest first.
+    pub daily_usage: Vec<DailyUsage>,
+}
+
+responses! {
+    UsageEndpointResponse {
+        ok {
+        /// Usage and quotas of the current period.
+        Ok(Json<UsageResponse>) = 200,
+        }
+        errors {
+            Unauthorized = 401: "Missing or invalid API key.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
+pub struct UsageApi;
+
+#[OpenApi(tag = "ApiTags::Usage")]
+impl UsageApi {
+    /// Get usage summary
+    ///
+    /// Returns your tenant's usage for the current billing period (a calendar month in UTC
+    /// unless the deployment configures another start day), with one row per active day.
+    #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
+    async fn usage(&self, app: Data<&Arc<App>>, auth: ApiKeyAuth) -> UsageEndpointResponse {
+        let engine = &app.engine;
+        let tenant = &auth.0.tenant;
+        let now = Utc::now();
+        let period = engine.period();
+        let mut usage = match engine.store.usage(&tenant.slug, &period, now).await {
+            Ok(u) => u,
+            Err(e) => return ApiError::from(e).into(),
+        };
+        // Calls counted on this instance and not yet written (this request included).
+        let today = now.date_naive();
+        let pending = engine.meter.pending(&tenant.slug, today);
+        if pending > 0 {
+            match usage.days.iter_mut().find(|d| d.date == today.to_string()) {
+                Some(d) => d.api_calls += pending,
+                None => usage.days.insert(
+                    0,
+                    crate::store::DayUsage {
+                        date: today.to_string(),
+                        runs: 0,
+                        tokens: 0,
+                        api_calls: pending,
+                    },
+                ),
+            }
+            usage.total_api_calls += pending;
+        }
+        let daily_usage = usage
+            .days
+            .into_iter()
+            .filter_map(|d| {
+                Some(DailyUsage {
+                    date: d.date.parse().ok()?,
+                    runs: d.runs,
+                    tokens: d.tokens,
+                    api_calls: d.api_calls,
+                })
+            })
+            .collect();
+        UsageEndpointResponse::Ok(Json(UsageResponse {
+            period_start: period.start.into(),
+            period_end: period.end.into(),
+            total_runs: usage.total_runs,
+            total_tokens: usage.total_tokens,
+            total_api_calls: usage.total_api_calls,
+            quota_runs: tenant.quota_runs,
+            quota_tokens: tenant.quota_tokens,
+            daily_usage,
+        }))
+    }
+}

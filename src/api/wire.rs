@@ -1,0 +1,131 @@
+//! Wire types poem-openapi lacks: `JsonBody<T>` (request bodies whose errors name the field) and
+//! `Timestamp` (RFC 3339 in UTC with a `Z`, as the V1 document writes times).
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use poem::{FromRequest, Request, RequestBody};
+use poem_openapi::impl_apirequest_for_payload;
+use poem_openapi::payload::{ParsePayload, Payload};
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::{ParseFromJSON, ParseResult, ToJSON, Type};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// A JSON request body. A wrong type, a missing field or an unknown value is a 400 whose
+/// message starts with the path of the field (`messages[0].role: unknown variant ...`);
+/// then the type's declared validators run (lengths, ranges), whose messages name the field.
+#[derive(Debug, Clone)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: Type> Payload for JsonBody<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn check_content_type(content_type: &str) -> bool {
+        matches!(content_type.parse::<mime::Mime>(), Ok(ct) if ct.type_() == "application"
+            && (ct.subtype() == "json" || ct.suffix().is_some_and(|s| s == "json")))
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: ParseFromJSON + DeserializeOwned> ParsePayload for JsonBody<T> {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let data = Vec::<u8>::from_request(request, body).await?;
+        if data.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::invalid("body: empty; send a JSON object").into());
+        }
+        let value: Value = serde_json::from_slice(&data)
+            .map_err(|e| ApiError::invalid(format!("body: not valid JSON: {e}")))?;
+        if let Err(e) = serde_path_to_error::deserialize::<_, T>(&value) {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            return Err(ApiError::invalid(format!("{path}: {}", e.inner())).into());
+        }
+        let parsed =
+            T::parse_from_json(Some(value)).map_err(|e| ApiError::invalid(e.into_message()))?;
+        Ok(JsonBody(parsed))
+    }
+}
+
+impl_apirequest_for_payload!(JsonBody<T>, T: ParseFromJSON + DeserializeOwned);
+
+/// A point in time, written as RFC 3339 in UTC with `Z` (`2026-03-13T14:22:00Z`; fractions of a
+/// second only when there are any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl From<DateTime<Utc>> for Timestamp {
+    fn from(t: DateTime<Utc>) -> Self {
+        Timestamp(t)
+    }
+}
+
+impl Type for Timestamp {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string_date-time".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "date-time")))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromJSON for Timestamp {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        let value = value.unwrap_or_default();
+        match value {
+            Value::String(s) => Ok(Timestamp(s.parse::<DateTime<Utc>>()?)),
+            other => Err(poem_openapi::types::ParseError::expected_type(other)),
+        }
+    }
+}
+
+impl ToJSON for Timestamp {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(
+            self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_use_z() {
+        let t: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
+        assert_eq!(Timestamp(t).to_json().unwrap(), "2026-03-01T00:00:00Z");
+        let t: DateTime<Utc> = "2026-03-13T14:22:00.123Z".parse().unwrap();
+        assert_eq!(Timestamp(t).to_json().unwrap(), "2026-03-13T14:22:00.123Z");
+    }
+}

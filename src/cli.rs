@@ -1,0 +1,348 @@
+//! The command line: parses arguments and runs the matching command of the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::agents::{Catalog, agent_schema, load_dir};
+use crate::config::Settings;
+use crate::diag::Diagnostic;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ares",
+    version,
+    about = "Serve AI agents declared as configuration through the ARES V1 Client API"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Server settings file.
+    #[arg(
+        long,
+        global = true,
+        env = "ARES_CONFIG",
+        default_value = "ares.yaml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+    /// Agents folder (overrides `agents_dir` of the settings).
+    #[arg(long, global = true, env = "ARES_AGENTS_DIR", value_name = "DIR")]
+    pub agents: Option<PathBuf>,
+    /// Database URL (overrides `database.url` of the settings).
+    #[arg(long, global = true, env = "ARES_DATABASE_URL", value_name = "URL")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the V1 API (and the admin API when ARES_ADMIN_TOKEN is set).
+    Serve(ServeArgs),
+    /// Check every agent file (and the settings) and report every error.
+    Validate(ValidateArgs),
+    /// Print the OpenAPI spec of the V1 API (committed as openapi/v1.yaml).
+    Openapi(OpenapiArgs),
+    /// Provision and list tenants (directly on the database).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Print the JSON Schema of agent files (committed as contracts/agent.schema.json).
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides `listen` of the settings and ARES_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct OpenapiArgs {
+    /// Print the admin API's spec (openapi/admin.yaml) instead.
+    #[arg(long)]
+    pub admin: bool,
+    /// Print JSON instead of YAML.
+    #[arg(long)]
+    pub json: bool,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and its first API key; prints the key's secret once, alone on the last line.
+    Create {
+        /// 1-64 lowercase letters, digits and `-`; also the tenant's folder name in agents.d.
+        slug: String,
+        /// Display name [default: the slug].
+        #[arg(long)]
+        name: Option<String>,
+        /// Runs per billing period [default: quotas.runs of the settings].
+        #[arg(long, value_name = "N")]
+        quota_runs: Option<u64>,
+        /// Tokens per billing period [default: quotas.tokens of the settings].
+        #[arg(long, value_name = "N")]
+        quota_tokens: Option<u64>,
+    },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Agents folder to check [default: the settings' agents_dir, `agents.d`].
+    pub dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// Settings from the file and environment, with this command line's overrides on top.
+    pub fn settings(&self) -> Result<Settings, crate::diag::Diagnostics> {
+        let explicit =
+            std::env::var_os("ARES_CONFIG").is_some() || self.config != Path::new("ares.yaml");
+        let mut s = Settings::load_from_env(&self.config, explicit)?;
+        if let Some(dir) = &self.agents {
+            s.agents_dir = dir.clone();
+        }
+        if let Some(url) = &self.database {
+            s.database.url = url.clone();
+        }
+        Ok(s)
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Validate(args) => validate(&cli.global, &args),
+        Command::Schema(args) => {
+            let text = schema_text(agent_schema());
+            write_out(args.out.as_deref(), &text)
+        }
+        Command::Openapi(args) => {
+            write_out(args.out.as_deref(), &openapi_text(args.admin, args.json))
+        }
+        Command::Serve(args) => block_on(serve(&cli.global, args)),
+        Command::Tenant(cmd) => block_on(tenant(&cli.global, cmd)),
+    }
+}
+
+/// The generated spec, as committed in `openapi/`.
+pub fn openapi_text(admin: bool, json: bool) -> String {
+    let mut text = match (admin, json) {
+        (false, false) => crate::api::v1_service().spec_yaml(),
+        (false, true) => crate::api::v1_service().spec(),
+        (true, false) => crate::api::admin_service().spec_yaml(),
+        (true, true) => crate::api::admin_service().spec(),
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ARES_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    init_logs();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings_or_exit(global: &GlobalArgs) -> anyhow::Result<Settings> {
+    global
+        .settings()
+        .map_err(|errors| anyhow::anyhow!("invalid settings:\n{errors}"))
+}
+
+async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = settings_or_exit(global)?;
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    let app = crate::server::Application::build(settings).await?;
+    app.run(listener, crate::server::shutdown_signal()).await
+}
+
+async fn tenant(global: &GlobalArgs, cmd: TenantCommand) -> anyhow::Result<()> {
+    let settings = settings_or_exit(global)?;
+    let store = crate::store::Store::connect(&settings.database).await?;
+    match cmd {
+        TenantCommand::Create {
+            slug,
+            name,
+            quota_runs,
+            quota_tokens,
+        } => {
+            let app = crate::server::Application::with_store(settings, store)?;
+            let created = crate::api::admin::provision(
+                &app.app,
+                &slug,
+                name.as_deref(),
+                quota_runs,
+                quota_tokens,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let t = &created.tenant;
+            println!("tenant:       {}", t.slug);
+            println!("name:         {}", t.name);
+            println!("quota_runs:   {}", t.quota_runs);
+            println!("quota_tokens: {}", t.quota_tokens);
+            println!("key id:       {}", created.api_key.key);
+            println!("API key secret (shown once, store it now):");
+            println!("{}", created.api_key.secret);
+        }
+        TenantCommand::List => {
+            println!(
+                "{:<32} {:>12} {:>14}  NAME",
+                "SLUG", "QUOTA_RUNS", "QUOTA_TOKENS"
+            );
+            for t in store.tenants().await? {
+                println!(
+                    "{:<32} {:>12} {:>14}  {}",
+                    t.slug, t.quota_runs, t.quota_tokens, t.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pretty JSON with a final newline, as the committed schema files are.
+pub fn schema_text(schema: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(schema).expect("a schema serializes");
+    s.push('\n');
+    s
+}
+
+fn write_out(path: Option<&Path>, text: &str) -> ExitCode {
+    match path {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(p) => match std::fs::write(p, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", p.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn validate(global: &GlobalArgs, args: &ValidateArgs) -> ExitCode {
+    let mut diagnostics: Vec<Diagnostic> = Vec::new();
+    let catalog;
+    let default_dir;
+    match global.settings() {
+        Ok(s) => {
+            catalog = Catalog::from_settings(&s);
+            default_dir = s.agents_dir;
+        }
+        Err(errors) => {
+            // Still check the agents, without the model names the settings would have given.
+            diagnostics.extend(errors.0);
+            catalog = Catalog {
+                models: None,
+                ..Catalog::from_settings(&Settings::default())
+            };
+            default_dir = global
+                .agents
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("agents.d"));
+        }
+    }
+    let dir = args.dir.clone().unwrap_or(default_dir);
+    let report = load_dir(&dir, &catalog);
+    diagnostics.extend(report.diagnostics);
+    match args.format {
+        Format::Text => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            let agents = report.agents.len();
+            if diagnostics.is_empty() {
+                eprintln!(
+                    "{}: {agents} agents in {} files, no errors",
+                    dir.display(),
+                    report.files
+                );
+            } else {
+                eprintln!(
+                    "{}: {} errors in {} files",
+                    dir.display(),
+                    diagnostics.len(),
+                    report.files
+                );
+            }
+        }
+        Format::Json => {
+            let out = serde_json::json!({
+                "dir": dir.display().to_string(),
+                "files": report.files,
+                "agents": report.agents.len(),
+                "errors": diagnostics,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).expect("diagnostics serialize")
+            );
+        }
+    }
+    if diagnostics.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,185 @@
+//! API keys: secrets made from the OS CSPRNG, stored only as SHA-256, looked up by that hash.
+
+use chrono::{DateTime, Utc};
+use rand::TryRngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{Result, Store, StoreError};
+
+/// The public face of a secret.
+pub const SECRET_PREFIX: &str = "ares_";
+/// Characters of a secret after `ares_`: 43 base62 characters carry over 256 bits.
+pub const SECRET_LEN: usize = 43;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new secret: `ares_` and 43 base62 characters from the operating system's CSPRNG.
+pub fn generate_secret() -> String {
+    let mut out = String::with_capacity(SECRET_PREFIX.len() + SECRET_LEN);
+    out.push_str(SECRET_PREFIX);
+    let mut buf = [0u8; 64];
+    while out.len() < SECRET_PREFIX.len() + SECRET_LEN {
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut buf)
+            .expect("the OS random number generator works");
+        // Rejection sampling keeps every character equally likely: 248 = 4 * 62.
+        for b in buf.iter().filter(|b| **b < 248) {
+            if out.len() == SECRET_PREFIX.len() + SECRET_LEN {
+                break;
+            }
+            out.push(BASE62[(*b % 62) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The stored form of a secret: lowercase hex SHA-256.
+pub fn hash_secret(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// `ares_` and the first four characters after it, shown in key listings.
+pub fn key_prefix(secret: &str) -> String {
+    secret.chars().take(SECRET_PREFIX.len() + 4).collect()
+}
+
+/// A key as listed (never with its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    #[serde(rename = "key_id")]
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key just created: its record and the only copy of its secret.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key: ApiKey,
+    pub secret: String,
+}
+
+/// Who a valid secret authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAuth {
+    pub key_id: String,
+    pub tenant: String,
+}
+
+const FIELDS: &str = "key_id, tenant, name, prefix, created_at, expires_at, last_used, revoked_at";
+
+impl Store {
+    /// Creates a key for `tenant`, expiring at `expires_at` when given.
+    #[tracing::instrument(skip(self))]
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        name: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<NewKey> {
+        let secret = generate_secret();
+        let id = uuid::Uuid::now_v7().to_string();
+        let sql = format!(
+            "CREATE type::record('api_key', $id) SET key_id = $id, tenant = $tenant, name = $name, hash = $hash, \
+             prefix = $prefix, created_at = time::now(), expires_at = <option<datetime>>($expires ?? NONE) RETURN {FIELDS}"
+        );
+        let vars = json!({
+            "id": id, "tenant": tenant, "name": name, "hash": hash_secret(&secret),
+            "prefix": key_prefix(&secret), "expires": expires_at,
+        });
+        let key = self
+            .rows::<ApiKey>(&sql, vars, 0)
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                StoreError::Internal(anyhow::anyhow!("CREATE api_key returned nothing"))
+            })?;
+        Ok(NewKey { key, secret })
+    }
+
+    /// The tenant a secret authenticates, when the key exists, is not revoked and has not expired.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<KeyAuth>> {
+        let sql = "SELECT key_id, tenant FROM api_key WHERE hash = $hash AND revoked_at = NONE \
+                   AND (expires_at = NONE OR expires_at > time::now()) LIMIT 1";
+        let rows: Vec<serde_json::Value> = self
+            .rows(sql, json!({"hash": hash_secret(secret)}), 0)
+            .await?;
+        Ok(rows.into_iter().next().and_then(|r| {
+            Some(KeyAuth {
+                key_id: r["key_id"].as_str()?.to_string(),
+                tenant: r["tenant"].as_str()?.to_string(),
+            })
+        }))
+    }
+
+    /// The tenant's keys that are not revoked, oldest first.
+    #[tracing::instrument(skip(self))]
+    pub async fn keys(&self, tenant: &str) -> Result<Vec<ApiKey>> {
+        let sql = format!(
+            "SELECT {FIELDS} FROM api_key WHERE tenant = $tenant AND revoked_at = NONE ORDER BY key_id"
+        );
+        self.rows(&sql, json!({"tenant": tenant}), 0).await
+    }
+
+    /// Revokes the tenant's key `id`; false when the tenant has no such live key.
+    #[tracing::instrument(skip(self))]
+    pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<bool> {
+        let sql = "UPDATE type::record('api_key', $id) SET revoked_at = time::now() \
+                   WHERE tenant = $tenant AND revoked_at = NONE RETURN key_id";
+        let rows: Vec<serde_json::Value> = self
+            .rows(sql, json!({"id": id, "tenant": tenant}), 0)
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Records when keys were last used (a batch, written by the usage flusher).
+    pub async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let sql = "FOR $u IN $used { UPDATE type::record('api_key', $u.id) SET last_used = <datetime>$u.at \
+                   WHERE last_used = NONE OR last_used < <datetime>$u.at; };";
+        let used: Vec<_> = used
+            .iter()
+            .map(|(id, at)| json!({"id": id, "at": at}))
+            .collect();
+        self.run(sql, json!({"used": used})).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_long_base62_and_distinct() {
+        let a = generate_secret();
+        let b = generate_secret();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), SECRET_PREFIX.len() + SECRET_LEN);
+        assert!(a.starts_with("ares_"));
+        assert!(a[5..].bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_eq!(key_prefix(&a), a[..9]);
+    }
+
+    #[test]
+    fn hashes_are_sha256_hex() {
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! Versioned schema migrations, applied in order at start-up; each version is recorded once.
+
+use serde_json::json;
+
+use super::{Result, Store};
+
+/// Every migration, in order. Never edit a released one: add the next version.
+pub const MIGRATIONS: &[(u32, &str)] = &[(
+    1,
+    r#"
+DEFINE TABLE IF NOT EXISTS tenant SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS slug ON tenant TYPE string;
+DEFINE FIELD IF NOT EXISTS name ON tenant TYPE string;
+DEFINE FIELD IF NOT EXISTS quota_runs ON tenant TYPE int;
+DEFINE FIELD IF NOT EXISTS quota_tokens ON tenant TYPE int;
+DEFINE FIELD IF NOT EXISTS created_at ON tenant TYPE datetime;
+
+DEFINE TABLE IF NOT EXISTS api_key SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS key_id ON api_key TYPE string;
+DEFINE FIELD IF NOT EXISTS tenant ON api_key TYPE string;
+DEFINE FIELD IF NOT EXISTS name ON api_key TYPE string;
+DEFINE FIELD IF NOT EXISTS hash ON api_key TYPE string;
+DEFINE FIELD IF NOT EXISTS prefix ON api_key TYPE string;
+DEFINE FIELD IF NOT EXISTS created_at ON api_key TYPE datetime;
+DEFINE FIELD IF NOT EXISTS expires_at ON api_key TYPE option<datetime>;
+DEFINE FIELD IF NOT EXISTS revoked_at ON api_key TYPE option<datetime>;
+DEFINE FIELD IF NOT EXISTS last_used ON api_key TYPE option<datetime>;
+DEFINE INDEX IF NOT EXISTS api_key_hash ON api_key FIELDS hash UNIQUE;
+DEFINE INDEX IF NOT EXISTS api_key_tenant ON api_key FIELDS tenant;
+
+DEFINE TABLE IF NOT EXISTS agent_state SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS tenant ON agent_state TYPE string;
+DEFINE FIELD IF NOT EXISTS name ON agent_state TYPE string;
+DEFINE FIELD IF NOT EXISTS created_at ON agent_state TYPE datetime;
+DEFINE FIELD IF NOT EXISTS total_runs ON agent_state TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS completed_runs ON agent_state TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS last_run ON agent_state TYPE option<datetime>;
+
+DEFINE TABLE IF NOT EXISTS run SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS run_id ON run TYPE string;
+DEFINE FIELD IF NOT EXISTS tenant ON run TYPE string;
+DEFINE FIELD IF NOT EXISTS agent ON run TYPE string;
+DEFINE FIELD IF NOT EXISTS agent_id ON run TYPE string;
+DEFINE FIELD IF NOT EXISTS status ON run TYPE string;
+DEFINE FIELD IF NOT EXISTS input ON run TYPE object FLEXIBLE;
+DEFINE FIELD IF NOT EXISTS output ON run TYPE option<object> FLEXIBLE;
+DEFINE FIELD IF NOT EXISTS error ON run TYPE option<string>;
+DEFINE FIELD IF NOT EXISTS started_at ON run TYPE datetime;
+DEFINE FIELD IF NOT EXISTS finished_at ON run TYPE option<datetime>;
+DEFINE FIELD IF NOT EXISTS duration_ms ON run TYPE option<int>;
+DEFINE FIELD IF NOT EXISTS tokens_used ON run TYPE int DEFAULT 0;
+DEFINE INDEX IF NOT EXISTS run_agent_started ON run FIELDS agent_id, started_at;
+DEFINE INDEX IF NOT EXISTS run_status ON run FIELDS status;
+
+DEFINE TABLE IF NOT EXISTS chat SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS tenant ON chat TYPE string;
+DEFINE FIELD IF NOT EXISTS model ON chat TYPE string;
+DEFINE FIELD IF NOT EXISTS finish_reason ON chat TYPE string;
+DEFINE FIELD IF NOT EXISTS tokens_used ON chat TYPE int;
+DEFINE FIELD IF NOT EXISTS created_at ON chat TYPE datetime;
+
+DEFINE TABLE IF NOT EXISTS usage_period SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS tenant ON usage_period TYPE string;
+DEFINE FIELD IF NOT EXISTS start ON usage_period TYPE string;
+DEFINE FIELD IF NOT EXISTS runs ON usage_period TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS tokens ON usage_period TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS reserved_runs ON usage_period TYPE int DEFAULT 0;
+
+DEFINE TABLE IF NOT EXISTS usage_daily SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS tenant ON usage_daily TYPE string;
+DEFINE FIELD IF NOT EXISTS date ON usage_daily TYPE string;
+DEFINE FIELD IF NOT EXISTS runs ON usage_daily TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS tokens ON usage_daily TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS api_calls ON usage_daily TYPE int DEFAULT 0;
+"#,
+)];
+
+/// Applies every migration not yet recorded in the `migration` table.
+pub async fn apply(store: &Store) -> Result<()> {
+    store
+        .run(
+            "DEFINE TABLE IF NOT EXISTS migration SCHEMAFULL; \
+             DEFINE FIELD IF NOT EXISTS version ON migration TYPE int; \
+             DEFINE FIELD IF NOT EXISTS applied_at ON migration TYPE datetime;",
+            json!({}),
+        )
+        .await?;
+    let applied: Vec<serde_json::Value> = store
+        .rows("SELECT version FROM migration", json!({}), 0)
+        .await?;
+    let applied: Vec<u64> = applied
+        .iter()
+        .filter_map(|r| r["version"].as_u64())
+        .collect();
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(&u64::from(*version)) {
+            continue;
+        }
+        let script = format!(
+            "BEGIN; {sql}; CREATE type::record('migration', $v) SET version = $v, applied_at = time::now(); COMMIT;"
+        );
+        store.run(&script, json!({"v": version})).await?;
+        tracing::info!(version, "database migration applied");
+    }
+    Ok(())
+}

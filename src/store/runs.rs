@@ -1,0 +1,259 @@
+//! Runs and chats: quota reservations, run records, and the counters updated with each final state.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::usage::Period;
+use super::{Result, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One run of an agent, as stored and as answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    #[serde(rename = "run_id")]
+    pub id: String,
+    pub tenant: String,
+    /// The agent's name.
+    pub agent: String,
+    pub agent_id: String,
+    pub status: RunStatus,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub tokens_used: u64,
+}
+
+/// A completed chat: metadata only, never the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRecord {
+    pub id: String,
+    pub tenant: String,
+    pub model: String,
+    pub finish_reason: String,
+    pub tokens_used: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Counters and first-seen time of one agent of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    pub created_at: DateTime<Utc>,
+    pub total_runs: u64,
+    pub completed_runs: u64,
+    pub last_run: Option<DateTime<Utc>>,
+}
+
+/// A run slot taken from a tenant's quota for one period; settled by [`Store::finish_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub tenant: String,
+    pub period_key: String,
+    pub day_key: String,
+    pub date: String,
+}
+
+fn reservation(tenant: &str, period: &Period, at: DateTime<Utc>) -> Reservation {
+    let date = at.date_naive().to_string();
+    Reservation {
+        tenant: tenant.to_string(),
+        period_key: format!("{tenant}|{}", period.start.date_naive()),
+        day_key: format!("{tenant}|{date}"),
+        date,
+    }
+}
+
+const RUN_FIELDS: &str = "run_id, tenant, agent, agent_id, status, input, output, error, started_at, finished_at, duration_ms, tokens_used";
+
+/// Attempts at a statement that lost a write race to another transaction.
+const CONFLICT_RETRIES: usize = 50;
+
+impl Store {
+    /// Runs `sql` again while it loses write races (optimistic transactions), with a short jittered pause.
+    pub(super) async fn run_retrying(&self, sql: &str, vars: Value) -> Result<Vec<Vec<Value>>> {
+        let mut attempt = 0;
+        loop {
+            match self.run(sql, vars.clone()).await {
+                Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    let jitter = rand::random::<u64>() % (1 + 2 * attempt as u64);
+                    tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes one run from the tenant's quota for `period`, unless the runs (settled and in
+    /// flight) have reached `quota_runs` or the settled tokens have reached `quota_tokens`.
+    /// Concurrent callers, on any number of instances, never overshoot the run quota.
+    #[tracing::instrument(skip(self, period))]
+    pub async fn reserve_run(
+        &self,
+        tenant: &str,
+        period: &Period,
+        quota_runs: u64,
+        quota_tokens: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Reservation>> {
+        let r = reservation(tenant, period, at);
+        let sql = "UPSERT type::record('usage_period', $key) SET tenant = $tenant, start = $start \
+                   WHERE runs + reserved_runs < $qr AND tokens < $qt OR runs = NONE; \
+                   UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
+                   WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN reserved_runs;";
+        let vars = json!({
+            "key": r.period_key, "tenant": tenant, "start": period.start.date_naive().to_string(),
+            "qr": quota_runs, "qt": quota_tokens,
+        });
+        let out = self.run_retrying(sql, vars).await?;
+        Ok(out.get(1).is_some_and(|rows| !rows.is_empty()).then_some(r))
+    }
+
+    /// Whether the tenant may still spend tokens in `period` (chats take no run slot).
+    pub async fn tokens_left(
+        &self,
+        tenant: &str,
+        period: &Period,
+        quota_tokens: u64,
+    ) -> Result<bool> {
+        let key = format!("{tenant}|{}", period.start.date_naive());
+        let rows: Vec<Value> = self
+            .rows(
+                "SELECT tokens FROM type::record('usage_period', $key)",
+                json!({"key": key}),
+                0,
+            )
+            .await?;
+        let used = rows.first().and_then(|r| r["tokens"].as_u64()).unwrap_or(0);
+        Ok(used < quota_tokens)
+    }
+
+    /// Stores a run in its initial `running` state, so a crash leaves a trace to recover.
+    #[tracing::instrument(skip(self, run), fields(run = %run.id))]
+    pub async fn start_run(&self, run: &RunRecord) -> Result<()> {
+        let sql = "CREATE type::record('run', $r.run_id) CONTENT { run_id: $r.run_id, tenant: $r.tenant, \
+                   agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
+                   started_at: <datetime>$r.started_at, tokens_used: 0 } RETURN NONE;";
+        self.run(sql, json!({"r": run})).await?;
+        Ok(())
+    }
+
+    /// Stores the final state of a run and, in the same transaction, settles its reservation
+    /// and updates usage and the agent's counters.
+    #[tracing::instrument(skip(self, run, reservation), fields(run = %run.id))]
+    pub async fn finish_run(&self, reservation: &Reservation, run: &RunRecord) -> Result<()> {
+        let sql = "BEGIN; \
+            UPDATE type::record('run', $r.run_id) SET status = $r.status, output = $r.output ?? NONE, \
+              error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE), \
+              duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used; \
+            UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used; \
+            UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used; \
+            UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
+              created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
+              last_run = <datetime>$r.started_at; \
+            COMMIT;";
+        let vars = json!({
+            "r": run, "period": reservation.period_key, "day": reservation.day_key,
+            "tenant": reservation.tenant, "date": reservation.date,
+            "completed": u64::from(run.status == RunStatus::Completed),
+        });
+        self.run_retrying(sql, vars).await?;
+        Ok(())
+    }
+
+    /// Stores a finished chat and adds its tokens to usage, in one transaction.
+    #[tracing::instrument(skip(self, chat, period), fields(chat = %chat.id))]
+    pub async fn record_chat(&self, chat: &ChatRecord, period: &Period) -> Result<()> {
+        let r = reservation(&chat.tenant, period, chat.created_at);
+        let sql = "BEGIN; \
+            CREATE type::record('chat', $c.id) CONTENT { tenant: $c.tenant, model: $c.model, \
+              finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at }; \
+            UPSERT type::record('usage_period', $period) SET tenant = $c.tenant, start = $start, tokens += $c.tokens_used; \
+            UPSERT type::record('usage_daily', $day) SET tenant = $c.tenant, date = $date, tokens += $c.tokens_used; \
+            COMMIT;";
+        let vars = json!({
+            "c": chat, "period": r.period_key, "day": r.day_key, "date": r.date,
+            "start": period.start.date_naive().to_string(),
+        });
+        self.run_retrying(sql, vars).await?;
+        Ok(())
+    }
+
+    /// Runs of one agent, newest first.
+    #[tracing::instrument(skip(self))]
+    pub async fn runs(&self, agent_id: &str, offset: u64, limit: u64) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_FIELDS} FROM run WHERE agent_id = $agent ORDER BY started_at DESC, run_id DESC \
+             LIMIT $limit START $offset"
+        );
+        self.rows(
+            &sql,
+            json!({"agent": agent_id, "limit": limit, "offset": offset}),
+            0,
+        )
+        .await
+    }
+
+    /// One run by id.
+    pub async fn run_record(&self, id: &str) -> Result<Option<RunRecord>> {
+        let sql = format!("SELECT {RUN_FIELDS} FROM type::record('run', $id)");
+        Ok(self.rows(&sql, json!({"id": id}), 0).await?.pop())
+    }
+
+    /// Counters of the given agents (by agent id), recording now as first-seen for new ones.
+    #[tracing::instrument(skip(self, agents))]
+    pub async fn agent_states(
+        &self,
+        tenant: &str,
+        agents: &[(String, String)],
+    ) -> Result<Vec<AgentState>> {
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<Value> = agents
+            .iter()
+            .map(|(id, name)| json!({"id": id, "name": name}))
+            .collect();
+        let sql = "FOR $a IN $agents { \
+                     IF !record::exists(type::record('agent_state', $a.id)) { \
+                       UPSERT type::record('agent_state', $a.id) SET tenant = $tenant, name = $a.name, \
+                         created_at = created_at ?? time::now(); \
+                     }; \
+                   }; \
+                   RETURN $agents.map(|$a| type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run});";
+        let out = self
+            .run_retrying(sql, json!({"agents": list, "tenant": tenant}))
+            .await?;
+        let rows = out.into_iter().last().unwrap_or_default();
+        let rows = match rows.as_slice() {
+            [Value::Array(inner)] => inner.clone(),
+            _ => rows,
+        };
+        rows.into_iter()
+            .map(|r| {
+                serde_json::from_value(r)
+                    .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding agent_state: {e}")))
+            })
+            .collect()
+    }
+}

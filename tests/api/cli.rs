@@ -1,0 +1,102 @@
+//! The `ares` command line, run as a process: exit codes and output formats.
+
+use std::process::Command;
+
+fn ares(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ares"))
+        .args(args)
+        .env_remove("ARES_CONFIG")
+        .env_remove("ARES_AGENTS_DIR")
+        .env_remove("ARES_DATABASE_URL")
+        .output()
+        .expect("run ares");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn validate_passes_on_the_shipped_agents() {
+    let (code, stdout, stderr) = ares(&["validate"]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("5 agents in 5 files, no errors"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_and_exits_1() {
+    let (code, stdout, _) = ares(&["validate", "fixtures/agents-invalid"]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 20, "{stdout}");
+    let files: std::collections::BTreeSet<&str> =
+        lines.iter().map(|l| l.split(':').next().unwrap()).collect();
+    assert!(
+        files.len() >= 15,
+        "errors from every broken file: {files:?}"
+    );
+    for line in &lines {
+        assert!(line.starts_with("fixtures/agents-invalid/"), "{line}");
+    }
+}
+
+#[test]
+fn validate_json_lists_the_same_errors() {
+    let (_, text, _) = ares(&["validate", "fixtures/agents-invalid"]);
+    let (code, json, _) = ares(&["validate", "fixtures/agents-invalid", "--format", "json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), text.lines().count());
+    let first = &errors[0];
+    for field in ["file", "line", "column", "pointer", "message"] {
+        assert!(
+            first.get(field).is_some() || field == "line" || field == "column",
+            "{first}"
+        );
+    }
+    assert_eq!(v["agents"], 2);
+    let temperature = errors
+        .iter()
+        .find(|e| e["pointer"] == "/temperature")
+        .expect("the temperature error");
+    assert_eq!(temperature["line"], 7);
+    assert_eq!(temperature["column"], 14);
+    assert_eq!(
+        temperature["file"],
+        "fixtures/agents-invalid/acme/bad-temperature.yaml"
+    );
+}
+
+#[test]
+fn validate_reports_settings_errors_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ares.yaml");
+    std::fs::write(&config, "listen: 1\nmodel: {}\n").unwrap();
+    let (code, stdout, _) = ares(&["--config", config.to_str().unwrap(), "validate", "agents.d"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("ares.yaml:2:1: /model: unknown field `model`"),
+        "{stdout}"
+    );
+    // Without models from the settings, the agents are still checked otherwise.
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["validate", "--help"],
+        vec!["schema", "--help"],
+    ] {
+        let (code, stdout, _) = ares(&cmd);
+        assert_eq!(code, 0, "{cmd:?}");
+        assert!(stdout.contains("Usage: ares"), "{cmd:?}: {stdout}");
+    }
+}
