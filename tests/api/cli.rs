@@ -100,3 +100,50 @@ fn every_command_has_help() {
         assert!(stdout.contains("Usage: ares"), "{cmd:?}: {stdout}");
     }
 }
+
+#[test]
+fn tenant_create_prints_the_secret_alone_on_its_last_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("surrealkv://{}", dir.path().join("db").display());
+    let (code, stdout, stderr) = ares(&[
+        "--database",
+        &db,
+        "tenant",
+        "create",
+        "acme",
+        "--name",
+        "Acme",
+        "--quota-runs",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let secret = stdout.lines().last().unwrap();
+    assert!(
+        secret.starts_with("ares_") && secret.len() == 48 && !secret.contains(' '),
+        "{stdout}"
+    );
+    assert!(!stderr.contains(secret), "the secret is never logged");
+    let (code, stdout, _) = ares(&["--database", &db, "tenant", "list"]);
+    assert_eq!(code, 0);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("acme"))
+        .expect("acme is listed");
+    assert!(row.contains(" 5 ") && row.ends_with("Acme"), "{row}");
+    let (code, _, stderr) = ares(&["--database", &db, "tenant", "create", "acme"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let (code, _, stderr) = ares(&["--database", &db, "tenant", "create", "Not_Valid"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("slug"), "{stderr}");
+}
+
+#[test]
+fn openapi_prints_both_specs() {
+    let (code, v1, _) = ares(&["openapi"]);
+    assert_eq!(code, 0);
+    assert!(v1.contains("/v1/agents/{name}/run"));
+    let (_, admin, _) = ares(&["openapi", "--admin", "--json"]);
+    let spec: serde_json::Value = serde_json::from_str(&admin).unwrap();
+    assert!(spec["paths"]["/admin/v1/tenants"]["post"].is_object());
+}

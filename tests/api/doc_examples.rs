@@ -119,4 +119,27 @@ async fn the_documented_examples_work_unchanged() {
 
     let js = run_example("node", "chat_stream.mjs", &served.base, &key);
     assert!(js.contains("Explain quantum computing."), "{js}");
+
+    // SIGTERM stops the server gracefully: it exits 0.
+    let mut served = served;
+    let pid = served.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ares serve did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }

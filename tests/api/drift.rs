@@ -9,3 +9,18 @@ fn agent_schema_is_committed_as_generated() {
         "contracts/agent.schema.json differs from the code; regenerate it with:\n    cargo run -- schema --out contracts/agent.schema.json"
     );
 }
+
+#[test]
+fn openapi_specs_are_committed_as_generated() {
+    for (admin, file, flag) in [
+        (false, "openapi/v1.yaml", ""),
+        (true, "openapi/admin.yaml", " --admin"),
+    ] {
+        let generated = ares::cli::openapi_text(admin, false);
+        let committed = std::fs::read_to_string(file).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{file} differs from the code; regenerate it with:\n    cargo run -- openapi{flag} --out {file}"
+        );
+    }
+}
