@@ -188,6 +188,20 @@ fn metrics_text(app: Data<&Arc<App>>) -> Response {
         .body(app.metrics.render())
 }
 
+/// The API reference page (ReDoc, served from the binary), without the web fonts it would
+/// fetch from the internet, so that it works offline.
+fn docs_page<T: poem_openapi::OpenApi, W: poem_openapi::Webhook>(
+    service: &OpenApiService<T, W>,
+) -> impl Endpoint + use<T, W> {
+    let html: String = service
+        .redoc_html()
+        .lines()
+        .filter(|l| !l.contains("fonts.googleapis.com"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    poem::endpoint::make_sync(move |_| poem::web::Html(html.clone()))
+}
+
 /// Rejects bodies over `max` bytes with 413, whether or not they declare their length.
 pub struct BodyLimit(pub usize);
 
@@ -238,7 +252,7 @@ pub fn routes(app: Arc<App>) -> impl Endpoint<Output = Response> {
     let admin = admin_service();
     let spec_json = v1.spec_endpoint();
     let spec_yaml = v1.spec_endpoint_yaml();
-    let docs = v1.redoc();
+    let docs = docs_page(&v1);
     let max_body = app.settings.limits.max_body_bytes;
     let metrics = Arc::clone(&app.metrics);
     let mut route = Route::new()
@@ -248,7 +262,7 @@ pub fn routes(app: Arc<App>) -> impl Endpoint<Output = Response> {
         )
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
-        .nest("/docs", docs)
+        .at("/docs", docs)
         .at("/healthz", healthz)
         .at("/readyz", readyz)
         .at("/metrics", metrics_text);

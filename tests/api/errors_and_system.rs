@@ -181,4 +181,14 @@ async fn system_endpoints() {
     let docs = app.send(app.client.get(format!("{}/docs", app.base))).await;
     assert_eq!(docs.status, 200);
     assert!(docs.text.to_lowercase().contains("<html"));
+    assert!(
+        docs.text.contains("ARES V1 Client API"),
+        "the page carries the spec"
+    );
+    for external in ["<link href=\"http", "<script src=\"http"] {
+        assert!(
+            !docs.text.contains(external),
+            "/docs loads nothing from the network ({external})"
+        );
+    }
 }
