@@ -72,13 +72,16 @@ impl UsageApi {
         let tenant = &auth.0.tenant;
         let now = Utc::now();
         let period = engine.period();
+        // Calls counted on this instance and not yet written (this request included), read
+        // with the database under one gate so that a flush in between counts nothing twice or never.
+        let gate = engine.meter.reading().await;
         let mut usage = match engine.store.usage(&tenant.slug, &period, now).await {
             Ok(u) => u,
             Err(e) => return ApiError::from(e).into(),
         };
-        // Calls counted on this instance and not yet written (this request included).
         let today = now.date_naive();
         let pending = engine.meter.pending(&tenant.slug, today);
+        drop(gate);
         if pending > 0 {
             match usage.days.iter_mut().find(|d| d.date == today.to_string()) {
                 Some(d) => d.api_calls += pending,

@@ -14,6 +14,10 @@ use crate::store::{Store, StoreError};
 pub struct Meter {
     calls: Mutex<HashMap<(String, NaiveDate), u64>>,
     keys: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Held for writing while a flush moves counts to the database, and for reading while a
+    /// usage read combines the database with what is pending: counts in the middle of a flush
+    /// are in neither place, so a reader must see before or after a flush, never during.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl Meter {
@@ -31,6 +35,11 @@ impl Meter {
             .insert(key_id.to_string(), at);
     }
 
+    /// Holds off flushes while the caller reads usage and then [`Meter::pending`].
+    pub async fn reading(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
+    }
+
     /// Calls counted here and not yet written, for `tenant` on `date`.
     pub fn pending(&self, tenant: &str, date: NaiveDate) -> u64 {
         self.calls
@@ -43,6 +52,7 @@ impl Meter {
 
     /// Writes what was counted. On failure the counts are kept for the next attempt.
     pub async fn flush(&self, store: &Store) -> Result<(), StoreError> {
+        let _writing = self.gate.write().await;
         let calls: Vec<(String, NaiveDate, u64)> =
             std::mem::take(&mut *self.calls.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
