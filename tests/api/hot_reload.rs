@@ -118,3 +118,59 @@ fn an_invalid_folder_refuses_to_load() {
         errors
     );
 }
+
+/// Through the server: a new agent file is served without a restart; a broken edit is refused
+/// and the last good agents keep serving.
+#[tokio::test]
+async fn the_server_serves_reloaded_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = |prompt: &str| {
+        format!("agent_type: assistant\nmodel: llama-3.1-8b\nsystem_prompt: {prompt}\n")
+    };
+    std::fs::create_dir_all(dir.path().join("acme")).unwrap();
+    std::fs::write(dir.path().join("acme/first.yaml"), agent("one")).unwrap();
+    let mut settings = crate::helpers::test_settings();
+    settings.agents_dir = dir.path().to_path_buf();
+    let app = crate::helpers::TestApp::spawn_with(settings).await;
+    let acme = app.tenant("acme").await;
+    let names = || async {
+        let r = app.list_agents(&acme, "").await;
+        r.body["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names().await, ["first"]);
+
+    std::fs::write(dir.path().join("acme/second.yaml"), agent("two")).unwrap();
+    let start = Instant::now();
+    while names().await != ["first", "second"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "second.yaml was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let attempts = app.app.engine.agents.status().attempts;
+    std::fs::write(dir.path().join("acme/second.yaml"), "agent_type: [broken\n").unwrap();
+    eventually("the broken reload is attempted", || {
+        app.app.engine.agents.status().attempts > attempts
+    })
+    .await;
+    assert_eq!(
+        names().await,
+        ["first", "second"],
+        "the last good set keeps serving"
+    );
+    let r = app
+        .run_agent(
+            &acme,
+            "second",
+            serde_json::json!({"message": "still here"}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "completed");
+}
