@@ -59,6 +59,7 @@ impl Application {
             models,
             settings: Arc::clone(&settings),
             meter: Meter::default(),
+            tool_calls: Default::default(),
         });
         Ok(Application {
             app: Arc::new(App {

@@ -114,8 +114,8 @@ impl Metrics {
         self.tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with the engine's tool-call counts.
+    pub fn render(&self, tool_calls: &[((String, &'static str), u64)]) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP ares_http_requests_total HTTP requests by route, method and status.\n",
@@ -176,6 +176,16 @@ impl Metrics {
             "ares_tokens_total {}",
             self.tokens.load(Ordering::Relaxed)
         );
+        out.push_str(
+            "# HELP ares_tool_calls_total Tool calls made for models, by tool and outcome.\n",
+        );
+        out.push_str("# TYPE ares_tool_calls_total counter\n");
+        for ((tool, outcome), n) in tool_calls {
+            let _ = writeln!(
+                out,
+                "ares_tool_calls_total{{tool=\"{tool}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
         out
     }
 }
@@ -229,7 +239,7 @@ mod tests {
         let m = Metrics::default();
         m.record_request("/v1/usage".into(), "GET", 200, 0.002);
         m.record_run("completed", 10);
-        let text = m.render();
+        let text = m.render(&[(("calculator".to_string(), "ok"), 2)]);
         assert!(text.contains(
             "ares_http_requests_total{route=\"/v1/usage\",method=\"GET\",status=\"200\"} 1"
         ));
@@ -241,5 +251,6 @@ mod tests {
         ));
         assert!(text.contains("ares_runs_total{status=\"completed\"} 1"));
         assert!(text.contains("ares_tokens_total 10"));
+        assert!(text.contains("ares_tool_calls_total{tool=\"calculator\",outcome=\"ok\"} 2"));
     }
 }

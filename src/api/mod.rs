@@ -185,7 +185,7 @@ async fn readyz(app: Data<&Arc<App>>) -> Response {
 fn metrics_text(app: Data<&Arc<App>>) -> Response {
     Response::builder()
         .content_type("text/plain; version=0.0.4")
-        .body(app.metrics.render())
+        .body(app.metrics.render(&app.engine.tool_calls.snapshot()))
 }
 
 /// The API reference page (ReDoc, served from the binary), without the web fonts it would

@@ -86,6 +86,33 @@ pub struct Engine {
     pub models: Models,
     pub settings: Arc<Settings>,
     pub meter: Meter,
+    pub tool_calls: ToolCalls,
+}
+
+/// Tool calls made so far, by tool and outcome (`ok` or `error`), for metrics.
+#[derive(Default)]
+pub struct ToolCalls(std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>);
+
+impl ToolCalls {
+    fn record(&self, tool: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((tool.to_string(), outcome))
+            .or_default() += 1;
+    }
+
+    /// `((tool, outcome), count)` rows.
+    pub fn snapshot(&self) -> Vec<((String, &'static str), u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
 }
 
 /// The user message of a run: the input's message, then its context as JSON.
@@ -226,7 +253,8 @@ impl Engine {
         Ok(run)
     }
 
-    /// The model work of a run: one call asking for the agent's output.
+    /// The model work of a run: the tool loop, then the output checked against the agent's
+    /// `output_schema`, with one repair attempt that shows the model what was wrong.
     async fn execute(&self, agent: &Agent, input: &Map<String, Value>) -> Outcome {
         let Some(route) = self.models.get(&agent.spec.model) else {
             return Outcome::failed(format!("model '{}' is not configured", agent.spec.model), 0);
@@ -239,36 +267,51 @@ impl Engine {
             ],
             temperature: agent.spec.temperature.or(route.temperature),
             max_tokens: Some(agent.spec.max_tokens),
-            tools: Vec::new(),
+            tools: crate::tools::specs(&agent.spec.tools),
             response_schema: agent.spec.output_schema.clone(),
         };
-        let answer = match route.provider.chat(req).await {
-            Ok(a) => a,
-            Err(e) => return Outcome::failed(e.to_string(), 0),
+        let (turn, mut tokens) =
+            tool_loop(route, req, agent.spec.max_tool_iterations, &self.tool_calls).await;
+        let turn = match turn {
+            Ok(t) => t,
+            Err(e) => return Outcome::failed(e, tokens),
         };
-        let tokens = answer.usage.total();
-        match &agent.output_validator {
-            None => Outcome::completed(serde_json::json!({"response": answer.content}), tokens),
-            Some(v) => match serde_json::from_str::<Value>(&answer.content) {
-                Ok(Value::Object(o)) => {
-                    let value = Value::Object(o);
-                    let problem = v.iter_errors(&value).next().map(|e| {
-                        format!(
-                            "the model's output does not match the output_schema at '{}': {e}",
-                            e.instance_path()
-                        )
-                    });
-                    match problem {
-                        None => Outcome::completed(value, tokens),
-                        Some(p) => Outcome::failed(p, tokens),
+        let (Some(validator), Some(schema)) = (&agent.output_validator, &agent.spec.output_schema)
+        else {
+            return Outcome::completed(serde_json::json!({"response": turn.content}), tokens);
+        };
+        let problem = match check_output(validator, &turn.content) {
+            Ok(v) => return Outcome::completed(v, tokens),
+            Err(p) => p,
+        };
+        tracing::info!(agent = %agent.name, %problem, "output does not match the schema; asking the model to repair it");
+        let mut messages = turn.messages;
+        messages.push(Message::new(Role::Assistant, turn.content));
+        messages.push(Message::new(
+            Role::User,
+            format!(
+                "Your answer is not valid: {problem}. Answer again with only a JSON object that satisfies this JSON Schema, and nothing else:\n{schema}"
+            ),
+        ));
+        let repair = ChatRequest {
+            model: route.id.clone(),
+            messages,
+            temperature: agent.spec.temperature.or(route.temperature),
+            max_tokens: Some(agent.spec.max_tokens),
+            tools: Vec::new(),
+            response_schema: Some(schema.clone()),
+        };
+        match route.provider.chat(repair).await {
+            Ok(answer) => {
+                tokens += answer.usage.total();
+                match check_output(validator, &answer.content) {
+                    Ok(v) => Outcome::completed(v, tokens),
+                    Err(p) => {
+                        Outcome::failed(format!("{p} (also after one repair attempt)"), tokens)
                     }
                 }
-                _ => Outcome::failed(
-                    "the model's output is not a JSON object, as the output_schema requires"
-                        .to_string(),
-                    tokens,
-                ),
-            },
+            }
+            Err(e) => Outcome::failed(format!("{problem}; the repair attempt failed: {e}"), tokens),
         }
     }
 
@@ -328,7 +371,9 @@ impl Engine {
             messages: all,
             temperature: agent.and_then(|a| a.spec.temperature).or(route.temperature),
             max_tokens: agent.map(|a| a.spec.max_tokens).or(route.max_tokens),
-            tools: Vec::new(),
+            tools: agent
+                .map(|a| crate::tools::specs(&a.spec.tools))
+                .unwrap_or_default(),
             response_schema: None,
         }
     }
@@ -359,16 +404,25 @@ impl Engine {
         let period = self.period();
         self.check_tokens(tenant, &period).await?;
         let req = Self::chat_request(&route, agent.as_deref(), &input.messages);
-        let answer = match route.provider.chat(req).await {
-            Ok(a) => a,
-            Err(e) => return Ok(Err(e)),
+        let iterations = agent.as_ref().map_or(0, |a| a.spec.max_tool_iterations);
+        let (turn, tokens) = tool_loop(&route, req, iterations, &self.tool_calls).await;
+        let turn = match turn {
+            Ok(t) => t,
+            Err(e) => {
+                // Tokens spent before the failure are still the tenant's.
+                if tokens > 0 {
+                    self.record(tenant, &route.name, "error", tokens, &period)
+                        .await?;
+                }
+                return Ok(Err(ProviderError::Fatal(e)));
+            }
         };
         let out = ChatOutput {
             id: uuid::Uuid::now_v7().to_string(),
-            content: answer.content,
+            content: turn.content,
             model: route.name.clone(),
-            tokens_used: answer.usage.total(),
-            finish_reason: answer.finish_reason,
+            tokens_used: tokens,
+            finish_reason: turn.finish_reason,
         };
         let record = ChatRecord {
             id: out.id.clone(),
@@ -382,8 +436,29 @@ impl Engine {
         Ok(Ok(out))
     }
 
-    /// A streamed chat. Its usage is recorded when it ends, and also when the client goes away
-    /// first (with the tokens estimated from what was produced).
+    async fn record(
+        &self,
+        tenant: &Tenant,
+        model: &str,
+        finish_reason: &str,
+        tokens: u64,
+        period: &Period,
+    ) -> Result<(), StoreError> {
+        let record = ChatRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant: tenant.slug.clone(),
+            model: model.to_string(),
+            finish_reason: finish_reason.to_string(),
+            tokens_used: tokens,
+            created_at: Utc::now(),
+        };
+        self.store.record_chat(&record, period).await
+    }
+
+    /// A streamed chat. A task drives the provider and forwards each piece; it stops (and
+    /// cancels the provider's request) as soon as the client goes away, and records the
+    /// tokens used in every case: reported by the provider, or estimated from what was
+    /// produced when the stream was cut short.
     pub async fn chat_stream(
         self: &Arc<Self>,
         tenant: &Tenant,
@@ -393,95 +468,221 @@ impl Engine {
         let period = self.period();
         self.check_tokens(tenant, &period).await?;
         let req = Self::chat_request(&route, agent.as_deref(), &input.messages);
-        let prompt_estimate: u64 = req
+        let iterations = agent.as_ref().map_or(0, |a| a.spec.max_tool_iterations);
+        let (tx, rx) = tokio::sync::mpsc::channel::<ChatChunk>(64);
+        let engine = Arc::clone(self);
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            let (finish_reason, tokens) =
+                drive_stream(&route, req, iterations, &tx, &engine.tool_calls).await;
+            if let Err(e) = engine
+                .record(&tenant, &route.name, &finish_reason, tokens, &period)
+                .await
+            {
+                tracing::error!(error = %e, tenant = %tenant.slug, "recording a streamed chat's usage failed");
+            }
+        });
+        Ok(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+        )
+        .boxed())
+    }
+}
+
+/// A conversation's last answer and the messages that led to it.
+struct Turn {
+    content: String,
+    finish_reason: String,
+    messages: Vec<Message>,
+}
+
+/// Calls the model, runs the tools it asks for, and calls it again, at most `iterations` times;
+/// returns the final answer and the tokens of every call (also when a call failed).
+async fn tool_loop(
+    route: &ModelRoute,
+    mut req: ChatRequest,
+    iterations: u32,
+    counts: &ToolCalls,
+) -> (Result<Turn, String>, u64) {
+    let mut tokens = 0;
+    let mut used = 0;
+    loop {
+        let offer_tools = used < iterations && !req.tools.is_empty();
+        let mut call = req.clone();
+        if offer_tools {
+            // Servers differ in combining tools with a JSON answer format; the answer is
+            // checked (and repaired) afterwards anyway.
+            call.response_schema = None;
+        } else {
+            call.tools.clear();
+        }
+        let answer = match route.provider.chat(call).await {
+            Ok(a) => a,
+            Err(e) => return (Err(e.to_string()), tokens),
+        };
+        tokens += answer.usage.total();
+        if !offer_tools || answer.tool_calls.is_empty() {
+            let messages = req.messages;
+            return (
+                Ok(Turn {
+                    content: answer.content,
+                    finish_reason: answer.finish_reason,
+                    messages,
+                }),
+                tokens,
+            );
+        }
+        used += 1;
+        run_tools(&mut req.messages, answer.content, answer.tool_calls, counts).await;
+    }
+}
+
+/// Appends the assistant's tool calls and each tool's result to the conversation.
+async fn run_tools(
+    messages: &mut Vec<Message>,
+    content: String,
+    calls: Vec<crate::llm::ToolCall>,
+    counts: &ToolCalls,
+) {
+    let results = futures_util::future::join_all(
+        calls
+            .iter()
+            .map(|c| crate::tools::run(&c.name, &c.arguments)),
+    )
+    .await;
+    messages.push(Message {
+        role: Role::Assistant,
+        content,
+        tool_calls: calls.clone(),
+        tool_call_id: None,
+    });
+    for (call, result) in calls.into_iter().zip(results) {
+        tracing::debug!(tool = %call.name, ok = result.is_ok(), "tool call");
+        counts.record(&call.name, result.is_ok());
+        messages.push(Message {
+            role: Role::Tool,
+            content: result.unwrap_or_else(|e| format!("error: {e}")),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call.id),
+        });
+    }
+}
+
+/// Streams one conversation (with tool turns) into `tx`; returns the finish reason and tokens.
+async fn drive_stream(
+    route: &ModelRoute,
+    mut req: ChatRequest,
+    iterations: u32,
+    tx: &tokio::sync::mpsc::Sender<ChatChunk>,
+    counts: &ToolCalls,
+) -> (String, u64) {
+    let mut tokens = 0;
+    let mut used = 0;
+    let last = |finish: &str, tokens: u64, error: Option<String>| ChatChunk {
+        delta: String::new(),
+        finish_reason: Some(finish.to_string()),
+        tokens_used: Some(tokens),
+        error,
+    };
+    loop {
+        let offer_tools = used < iterations && !req.tools.is_empty();
+        let mut call = req.clone();
+        if !offer_tools {
+            call.tools.clear();
+        }
+        let prompt_estimate: u64 = call
             .messages
             .iter()
             .map(|m| estimate_tokens(&m.content))
             .sum();
-        let mut guard = StreamUsage {
-            engine: Arc::clone(self),
-            record: Some(ChatRecord {
-                id: uuid::Uuid::now_v7().to_string(),
-                tenant: tenant.slug.clone(),
-                model: route.name.clone(),
-                finish_reason: "cancelled".into(),
-                tokens_used: prompt_estimate,
-                created_at: Utc::now(),
-            }),
-            period,
+        let started = tokio::select! {
+            s = route.provider.chat_stream(call) => s,
+            () = tx.closed() => return ("cancelled".into(), tokens + prompt_estimate),
         };
-        let upstream = match route.provider.chat_stream(req).await {
+        let mut upstream = match started {
             Ok(s) => s,
             Err(e) => {
-                guard.finish("error", prompt_estimate);
-                let chunk = ChatChunk {
-                    delta: String::new(),
-                    finish_reason: Some("error".into()),
-                    tokens_used: Some(0),
-                    error: Some(e.to_string()),
-                };
-                return Ok(futures_util::stream::iter([chunk]).boxed());
+                let _ = tx.send(last("error", tokens, Some(e.to_string()))).await;
+                return ("error".into(), tokens);
             }
         };
-        let stream = futures_util::stream::unfold(
-            (upstream, guard, false),
-            move |(mut upstream, mut guard, done)| async move {
-                if done {
-                    return None;
+        let mut produced = String::new();
+        loop {
+            let event = tokio::select! {
+                e = upstream.next() => e,
+                // The client went away: dropping `upstream` cancels the provider's request.
+                () = tx.closed() => return ("cancelled".into(), tokens + prompt_estimate + estimate_tokens(&produced)),
+            };
+            match event {
+                Some(Ok(StreamEvent::Delta(d))) => {
+                    produced.push_str(&d);
+                    let chunk = ChatChunk {
+                        delta: d,
+                        finish_reason: None,
+                        tokens_used: None,
+                        error: None,
+                    };
+                    if tx.send(chunk).await.is_err() {
+                        return (
+                            "cancelled".into(),
+                            tokens + prompt_estimate + estimate_tokens(&produced),
+                        );
+                    }
                 }
-                let chunk = match upstream.next().await {
-                    Some(Ok(StreamEvent::Delta(d))) => {
-                        guard.add(estimate_tokens(&d));
-                        ChatChunk {
-                            delta: d,
-                            finish_reason: None,
-                            tokens_used: None,
-                            error: None,
-                        }
+                Some(Ok(StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                    tool_calls,
+                })) => {
+                    tokens += if usage == TokenUsage::default() {
+                        prompt_estimate + estimate_tokens(&produced)
+                    } else {
+                        usage.total()
+                    };
+                    if offer_tools && !tool_calls.is_empty() {
+                        used += 1;
+                        run_tools(&mut req.messages, produced, tool_calls, counts).await;
+                        break;
                     }
-                    Some(Ok(StreamEvent::Done {
-                        finish_reason,
-                        usage,
-                    })) => {
-                        let tokens = if usage == TokenUsage::default() {
-                            guard.tokens()
-                        } else {
-                            usage.total()
-                        };
-                        guard.finish(&finish_reason, tokens);
-                        ChatChunk {
-                            delta: String::new(),
-                            finish_reason: Some(finish_reason),
-                            tokens_used: Some(tokens),
-                            error: None,
-                        }
-                    }
-                    Some(Err(e)) => {
-                        let tokens = guard.tokens();
-                        guard.finish("error", tokens);
-                        ChatChunk {
-                            delta: String::new(),
-                            finish_reason: Some("error".into()),
-                            tokens_used: Some(tokens),
-                            error: Some(e.to_string()),
-                        }
-                    }
-                    None => {
-                        let tokens = guard.tokens();
-                        guard.finish("stop", tokens);
-                        ChatChunk {
-                            delta: String::new(),
-                            finish_reason: Some("stop".into()),
-                            tokens_used: Some(tokens),
-                            error: None,
-                        }
-                    }
-                };
-                let last = chunk.finish_reason.is_some();
-                Some((chunk, (upstream, guard, last)))
-            },
-        );
-        Ok(stream.boxed())
+                    let _ = tx.send(last(&finish_reason, tokens, None)).await;
+                    return (finish_reason, tokens);
+                }
+                Some(Err(e)) => {
+                    tokens += prompt_estimate + estimate_tokens(&produced);
+                    let _ = tx.send(last("error", tokens, Some(e.to_string()))).await;
+                    return ("error".into(), tokens);
+                }
+                None => {
+                    tokens += prompt_estimate + estimate_tokens(&produced);
+                    let _ = tx.send(last("stop", tokens, None)).await;
+                    return ("stop".into(), tokens);
+                }
+            }
+        }
+    }
+}
+
+/// The output as a JSON object satisfying the schema, or what is wrong with it.
+fn check_output(validator: &jsonschema::Validator, content: &str) -> Result<Value, String> {
+    let value = match serde_json::from_str::<Value>(content.trim()) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return Err(
+                "the model's output is not a JSON object, as the output_schema requires"
+                    .to_string(),
+            );
+        }
+    };
+    let problem = validator.iter_errors(&value).next().map(|e| {
+        format!(
+            "the model's output does not match the output_schema at '{}': {e}",
+            e.instance_path()
+        )
+    });
+    match problem {
+        None => Ok(value),
+        Some(p) => Err(p),
     }
 }
 
@@ -505,58 +706,6 @@ impl Outcome {
             output: None,
             error: Some(error),
             tokens,
-        }
-    }
-}
-
-/// Records a stream's usage exactly once: at its end, or when it is dropped unfinished.
-struct StreamUsage {
-    engine: Arc<Engine>,
-    record: Option<ChatRecord>,
-    period: Period,
-}
-
-impl StreamUsage {
-    fn add(&mut self, tokens: u64) {
-        if let Some(r) = &mut self.record {
-            r.tokens_used += tokens;
-        }
-    }
-
-    fn tokens(&self) -> u64 {
-        self.record.as_ref().map_or(0, |r| r.tokens_used)
-    }
-
-    fn finish(&mut self, finish_reason: &str, tokens: u64) {
-        if let Some(mut r) = self.record.take() {
-            r.finish_reason = finish_reason.to_string();
-            r.tokens_used = tokens;
-            self.spawn_record(r);
-        }
-    }
-
-    fn spawn_record(&self, record: ChatRecord) {
-        let engine = Arc::clone(&self.engine);
-        let period = self.period;
-        let task = async move {
-            if let Err(e) = engine.store.record_chat(&record, &period).await {
-                tracing::error!(error = %e, chat = %record.id, "recording a streamed chat's usage failed");
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn(task);
-            }
-            Err(_) => tracing::error!("no runtime to record a streamed chat's usage"),
-        }
-    }
-}
-
-impl Drop for StreamUsage {
-    fn drop(&mut self) {
-        if let Some(r) = self.record.take() {
-            tracing::info!(chat = %r.id, "stream ended before completion; recording usage so far");
-            self.spawn_record(r);
         }
     }
 }

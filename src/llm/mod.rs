@@ -4,6 +4,7 @@
 //! [`ChatResponse`]; each provider translates.
 
 mod offline;
+pub mod openai;
 pub mod schema_instance;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use serde_json::Value;
 use crate::config::{ProviderKind, Settings};
 
 pub use offline::OfflineProvider;
+pub use openai::OpenAiProvider;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -105,10 +107,11 @@ pub struct ChatResponse {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     Delta(String),
-    /// The end: why it stopped and what it used.
+    /// The end: why it stopped, what it used, and the tool calls it asked for (if any).
     Done {
         finish_reason: String,
         usage: TokenUsage,
+        tool_calls: Vec<ToolCall>,
     },
 }
 
@@ -158,9 +161,11 @@ impl Models {
         for (name, p) in &settings.providers {
             let provider: Arc<dyn Provider> = match p.kind {
                 ProviderKind::Offline => Arc::new(OfflineProvider),
-                ProviderKind::Openai => anyhow::bail!(
-                    "provider `{name}`: kind `openai` is not available in this build yet; use kind `offline`"
-                ),
+                ProviderKind::Openai => Arc::new(OpenAiProvider::new(
+                    name,
+                    p.base_url.as_deref().unwrap_or_default(),
+                    p.api_key_env.as_deref(),
+                )),
             };
             providers.insert(name, provider);
         }

@@ -97,6 +97,7 @@ impl Provider for OfflineProvider {
             events.push(Ok(StreamEvent::Done {
                 finish_reason: answer.finish_reason,
                 usage: answer.usage,
+                tool_calls: Vec::new(),
             }));
             Ok(stream::iter(events).boxed())
         })
@@ -148,6 +149,7 @@ mod tests {
                 StreamEvent::Done {
                     finish_reason,
                     usage,
+                    ..
                 } => done = Some((finish_reason, usage)),
             }
         }

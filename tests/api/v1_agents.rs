@@ -21,9 +21,16 @@ async fn list_shows_the_tenant_and_global_agents_by_name() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         names(&r.body),
-        ["analyst", "echo", "paused", "risk-analyzer", "strict-input"]
+        [
+            "analyst",
+            "echo",
+            "paused",
+            "risk-analyzer",
+            "slow",
+            "strict-input"
+        ]
     );
-    assert_eq!(r.body["total"], 5);
+    assert_eq!(r.body["total"], 6);
     assert_eq!(r.body["page"], 1);
     assert_eq!(r.body["per_page"], 20);
     let risk = &r.body["agents"][3];
@@ -76,18 +83,25 @@ async fn pages_partition_the_list() {
             .list_agents(&acme, &format!("?page={page}&per_page=2"))
             .await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.body["total"], 5);
+        assert_eq!(r.body["total"], 6);
         assert_eq!(r.body["per_page"], 2);
         seen.extend(names(&r.body));
     }
     assert_eq!(
         seen,
-        ["analyst", "echo", "paused", "risk-analyzer", "strict-input"]
+        [
+            "analyst",
+            "echo",
+            "paused",
+            "risk-analyzer",
+            "slow",
+            "strict-input"
+        ]
     );
     let beyond = app.list_agents(&acme, "?page=9&per_page=2").await;
     assert_eq!(beyond.status, 200);
     assert_eq!(names(&beyond.body), Vec::<String>::new());
-    assert_eq!(beyond.body["total"], 5);
+    assert_eq!(beyond.body["total"], 6);
 }
 
 #[tokio::test]

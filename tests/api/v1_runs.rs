@@ -227,14 +227,20 @@ async fn invalid_output_is_a_failed_run_recorded_and_counted() {
     assert_eq!(r.body["status"], "failed");
     assert_eq!(r.body["output"], Value::Null);
     let error = r.body["error"].as_str().unwrap();
-    assert!(error.contains("/risk_score"), "{error}");
-    assert_eq!(r.body["tokens_used"], 15);
+    assert!(
+        error.contains("/risk_score") && error.contains("repair"),
+        "{error}"
+    );
+    assert_eq!(
+        r.body["tokens_used"], 30,
+        "the answer and the one repair attempt"
+    );
     let agent = app.get_agent(&acme, "risk-analyzer").await;
     assert_eq!(agent.body["total_runs"], 1);
     assert_eq!(agent.body["success_rate"], 0.0);
     let usage = app.usage(&acme).await;
     assert_eq!(usage.body["total_runs"], 1);
-    assert_eq!(usage.body["total_tokens"], 15);
+    assert_eq!(usage.body["total_tokens"], 30);
     let history = app.list_runs(&acme, "risk-analyzer", "").await;
     assert_eq!(history.body["runs"][0]["status"], "failed");
     assert_eq!(history.body["runs"][0]["error"], error);
