@@ -26,11 +26,13 @@ pub enum AdminTags {
 pub struct TenantInfo {
     /// Unique identifier, also the name of the tenant's folder in agents.d.
     pub slug: String,
+    /// Display name.
     pub name: String,
     /// Runs allowed per billing period.
     pub quota_runs: u64,
     /// Tokens allowed per billing period.
     pub quota_tokens: u64,
+    /// When the tenant was created.
     pub created_at: Timestamp,
 }
 
@@ -52,11 +54,13 @@ pub struct CreateTenantRequest {
     /// 1-64 lowercase letters, digits and `-`, starting and ending with a letter or digit.
     pub slug: String,
     /// Display name; the slug when omitted.
-    #[oai(validator(min_length = 1, max_length = 200))]
+    #[oai(nullable, validator(min_length = 1, max_length = 200))]
     pub name: Option<String>,
     /// Runs per billing period; the deployment's default when omitted.
+    #[oai(nullable)]
     pub quota_runs: Option<u64>,
     /// Tokens per billing period; the deployment's default when omitted.
+    #[oai(nullable)]
     pub quota_tokens: Option<u64>,
 }
 
@@ -71,15 +75,21 @@ pub struct CreatedTenant {
 /// Changes to a tenant; omitted fields stay as they are.
 #[derive(Debug, Clone, Object, serde::Deserialize)]
 pub struct UpdateTenantRequest {
-    #[oai(validator(min_length = 1, max_length = 200))]
+    /// New display name.
+    #[oai(nullable, validator(min_length = 1, max_length = 200))]
     pub name: Option<String>,
+    /// New runs per billing period.
+    #[oai(nullable)]
     pub quota_runs: Option<u64>,
+    /// New tokens per billing period.
+    #[oai(nullable)]
     pub quota_tokens: Option<u64>,
 }
 
 /// All tenants.
 #[derive(Debug, Clone, Object)]
 pub struct TenantList {
+    /// Every tenant, by slug.
     pub tenants: Vec<TenantInfo>,
 }
 
@@ -92,6 +102,8 @@ responses! {
         errors {
             BadRequest = 400: "The body is not JSON of the right shape.",
             Unauthorized = 401: "Missing or wrong admin token.",
+            TooLarge = 413: "The body is larger than the configured limit.",
+            UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Conflict = 409: "A tenant with this slug exists.",
             Invalid = 422: "The slug or a value is not acceptable.",
             Unavailable = 503: "The database is unavailable.",
@@ -121,6 +133,8 @@ responses! {
         errors {
             BadRequest = 400: "The body is not JSON of the right shape.",
             Unauthorized = 401: "Missing or wrong admin token.",
+            TooLarge = 413: "The body is larger than the configured limit.",
+            UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             NotFound = 404: "No tenant with this slug (`tenant_not_found`).",
             Unavailable = 503: "The database is unavailable.",
         }

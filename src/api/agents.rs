@@ -37,14 +37,17 @@ pub struct AgentConfig {
     /// Tokens the model may generate per call.
     pub max_tokens: u32,
     /// Sampling temperature; null for the model's default.
+    #[oai(nullable)]
     pub temperature: Option<f64>,
     /// Model calls that may request tools in one run.
     pub max_tool_iterations: u32,
     /// Wall-clock limit of a run, in milliseconds.
     pub timeout_ms: u64,
     /// JSON Schema a run's `input` must satisfy; null when any input is accepted.
+    #[oai(nullable)]
     pub input_schema: Option<JsonObject>,
     /// JSON Schema of a run's `output`; null when the output is `{"response": text}`.
+    #[oai(nullable)]
     pub output_schema: Option<JsonObject>,
 }
 
@@ -63,6 +66,7 @@ pub struct AgentSummary {
     /// When this tenant's agent was first seen by the server.
     pub created_at: Timestamp,
     /// Start of the latest run; null before the first.
+    #[oai(nullable)]
     pub last_run: Option<Timestamp>,
     /// Runs so far, completed and failed.
     pub total_runs: u64,
@@ -81,12 +85,14 @@ pub struct AgentDetail {
     pub agent_type: String,
     /// `active`, or `disabled` (refuses runs).
     pub status: String,
-    /// What the agent is for.
+    /// What the agent is for; null when the file gives no description.
+    #[oai(nullable)]
     pub description: Option<String>,
     pub config: AgentConfig,
     /// When this tenant's agent was first seen by the server.
     pub created_at: Timestamp,
     /// Start of the latest run; null before the first.
+    #[oai(nullable)]
     pub last_run: Option<Timestamp>,
     /// Runs so far, completed and failed.
     pub total_runs: u64,
@@ -97,10 +103,13 @@ pub struct AgentDetail {
 /// A page of agents.
 #[derive(Debug, Clone, Object)]
 pub struct AgentList {
+    /// The agents of this page.
     pub agents: Vec<AgentSummary>,
     /// All agents of the tenant, not only this page's.
     pub total: u64,
+    /// The page number, from 1.
     pub page: u32,
+    /// The page size.
     pub per_page: u32,
 }
 
@@ -123,13 +132,18 @@ pub struct RunResponse {
     /// The input as given.
     pub input: JsonObject,
     /// The agent's output; null when the run failed.
+    #[oai(nullable)]
     pub output: Option<JsonObject>,
     /// Why the run failed; null when it completed.
+    #[oai(nullable)]
     pub error: Option<String>,
+    /// When the run started.
     pub started_at: Timestamp,
-    /// Null while running.
+    /// When the run ended; null while running.
+    #[oai(nullable)]
     pub finished_at: Option<Timestamp>,
-    /// Null while running.
+    /// Wall-clock time of the run in milliseconds; null while running.
+    #[oai(nullable)]
     pub duration_ms: Option<u64>,
     /// Model tokens used, as the provider reported them.
     pub tokens_used: u64,
@@ -138,10 +152,13 @@ pub struct RunResponse {
 /// A page of an agent's runs, newest first.
 #[derive(Debug, Clone, Object)]
 pub struct RunList {
+    /// The runs of this page, newest first.
     pub runs: Vec<RunResponse>,
     /// All runs of the agent, not only this page's.
     pub total: u64,
+    /// The page number, from 1.
     pub page: u32,
+    /// The page size.
     pub per_page: u32,
 }
 
@@ -271,6 +288,7 @@ responses! {
             NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
             Disabled = 409: "The agent is disabled (`agent_disabled`).",
             TooLarge = 413: "The body is larger than the configured limit.",
+            UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Invalid = 422: "The input does not satisfy the agent's input rules; the message names the field.",
             QuotaExceeded = 429: "The tenant's run or token quota for this period is used up.",
             Unavailable = 503: "The database is unavailable.",

@@ -28,6 +28,7 @@ pub enum ChatRole {
 #[derive(Debug, Clone, Object, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: ChatRole,
+    /// The message's text.
     #[oai(validator(max_length = 1000000))]
     pub content: String,
 }
@@ -40,8 +41,10 @@ pub struct ChatRequest {
     #[oai(validator(min_items = 1, max_items = 1000))]
     pub messages: Vec<ChatMessage>,
     /// Logical model name, e.g. `llama-3.3-70b`.
+    #[oai(nullable)]
     pub model: Option<String>,
     /// Use the tenant's active agent of this type, e.g. `analyst`.
+    #[oai(nullable)]
     pub agent_type: Option<String>,
 }
 
@@ -67,6 +70,7 @@ pub struct ChatStreamChunk {
     /// The next piece of the answer's text.
     pub delta: String,
     /// Null until the last event; then `stop`, `length`, or `error` when the provider failed mid-stream.
+    #[oai(nullable)]
     pub finish_reason: Option<String>,
     /// Tokens used by the whole answer; only on the last event.
     #[oai(skip_serializing_if_is_none)]
@@ -97,6 +101,7 @@ responses! {
             BadRequest = 400: "The body is not JSON of the right shape (e.g. an unknown role).",
             Unauthorized = 401: "Missing or invalid API key.",
             TooLarge = 413: "The body is larger than the configured limit.",
+            UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Invalid = 422: "Unknown model or agent_type, or neither given; the message names the field.",
             QuotaExceeded = 429: "The tenant's token quota for this period is used up.",
             Upstream = 502: "The model provider failed (`upstream_error`).",
@@ -115,6 +120,7 @@ responses! {
             BadRequest = 400: "The body is not JSON of the right shape (e.g. an unknown role).",
             Unauthorized = 401: "Missing or invalid API key.",
             TooLarge = 413: "The body is larger than the configured limit.",
+            UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Invalid = 422: "Unknown model or agent_type, or neither given; the message names the field.",
             QuotaExceeded = 429: "The tenant's token quota for this period is used up.",
             Unavailable = 503: "The database is unavailable.",

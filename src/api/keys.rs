@@ -19,13 +19,17 @@ use crate::store::ApiKey;
 pub struct ApiKeyInfo {
     /// The key's id (UUIDv7), used to revoke it.
     pub id: String,
+    /// The name given at creation.
     pub name: String,
     /// `ares_` and the first four characters of the secret, to recognise it.
     pub prefix: String,
+    /// When the key was created.
     pub created_at: Timestamp,
-    /// Null when the key does not expire.
+    /// When the key stops working; null when it does not expire.
+    #[oai(nullable)]
     pub expires_at: Option<Timestamp>,
-    /// Null when never used (updated about once a second).
+    /// When the key was last used (updated about once a second); null when never used.
+    #[oai(nullable)]
     pub last_used: Option<Timestamp>,
 }
 
@@ -45,6 +49,7 @@ impl From<ApiKey> for ApiKeyInfo {
 /// The tenant's live keys.
 #[derive(Debug, Clone, Object)]
 pub struct ApiKeyList {
+    /// Oldest first.
     pub keys: Vec<ApiKeyInfo>,
 }
 
@@ -54,8 +59,8 @@ pub struct CreateKeyRequest {
     /// A name to recognise the key by.
     #[oai(validator(min_length = 1, max_length = 100))]
     pub name: String,
-    /// Days until the key expires; omit for a key that does not expire.
-    #[oai(validator(minimum(value = "1"), maximum(value = "36500")))]
+    /// Days until the key expires; omit (or null) for a key that does not expire.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "36500")))]
     pub expires_in_days: Option<u32>,
 }
 
@@ -91,6 +96,7 @@ responses! {
             BadRequest = 400: "The body is not JSON of the right shape.",
             Unauthorized = 401: "Missing or invalid API key.",
             TooLarge = 413: "The body is larger than the configured limit.",
+            UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Invalid = 422: "A value is out of range; the message names the field.",
             Unavailable = 503: "The database is unavailable.",
         }

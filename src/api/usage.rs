@@ -15,6 +15,7 @@ use super::{ApiTags, App};
 /// Usage on one day (UTC).
 #[derive(Debug, Clone, Object)]
 pub struct DailyUsage {
+    /// The day, UTC.
     pub date: NaiveDate,
     /// Agent runs started that day, completed and failed.
     pub runs: u64,

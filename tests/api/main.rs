@@ -3,6 +3,7 @@
 mod admin;
 mod agents_files;
 mod cli;
+mod conformance;
 mod doc_examples;
 mod docs;
 mod drift;
