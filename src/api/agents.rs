@@ -254,9 +254,8 @@ responses! {
         Ok(Json<AgentList>) = 200,
         }
         errors {
-            BadRequest = 400: "A query parameter is not a number.",
+            BadRequest = 400: "A query parameter is not a number, or out of range (`invalid_request`).",
             Unauthorized = 401: "Missing or invalid API key.",
-            Invalid = 422: "`page` or `per_page` is out of range.",
             Unavailable = 503: "The database is unavailable.",
         }
     }
@@ -303,10 +302,9 @@ responses! {
         Ok(Json<RunList>) = 200,
         }
         errors {
-            BadRequest = 400: "A query parameter is not a number.",
+            BadRequest = 400: "A query parameter is not a number, or out of range (`invalid_request`).",
             Unauthorized = 401: "Missing or invalid API key.",
             NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
-            Invalid = 422: "`page` or `per_page` is out of range.",
             Unavailable = 503: "The database is unavailable.",
         }
     }
@@ -340,10 +338,13 @@ impl AgentsApi {
         app: Data<&Arc<App>>,
         auth: ApiKeyAuth,
         /// Page number, from 1.
-        #[oai(default = "super::default_page")]
+        #[oai(default = "super::default_page", validator(minimum(value = "1")))]
         page: Query<u32>,
         /// Results per page, 1 to 100.
-        #[oai(default = "super::default_per_page")]
+        #[oai(
+            default = "super::default_per_page",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
         per_page: Query<u32>,
     ) -> ListAgentsResponse {
         let page = match Page::new(page.0, per_page.0) {
@@ -449,10 +450,13 @@ impl AgentsApi {
         /// The agent's name.
         name: Path<String>,
         /// Page number, from 1.
-        #[oai(default = "super::default_page")]
+        #[oai(default = "super::default_page", validator(minimum(value = "1")))]
         page: Query<u32>,
         /// Results per page, 1 to 100.
-        #[oai(default = "super::default_per_page")]
+        #[oai(
+            default = "super::default_per_page",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
         per_page: Query<u32>,
     ) -> ListRunsResponse {
         let page = match Page::new(page.0, per_page.0) {

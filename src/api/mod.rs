@@ -66,10 +66,10 @@ pub struct Page {
 impl Page {
     pub fn new(page: u32, per_page: u32) -> Result<Page, ApiError> {
         if page == 0 {
-            return Err(ApiError::validation("page: must be at least 1, got 0"));
+            return Err(ApiError::invalid("page: must be at least 1, got 0"));
         }
         if per_page == 0 || per_page > MAX_PER_PAGE {
-            return Err(ApiError::validation(format!(
+            return Err(ApiError::invalid(format!(
                 "per_page: must be between 1 and {MAX_PER_PAGE}, got {per_page}"
             )));
         }

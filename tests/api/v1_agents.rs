@@ -109,9 +109,9 @@ async fn bad_paging_is_a_named_4xx() {
     let app = TestApp::spawn().await;
     let acme = app.tenant("acme").await;
     for (query, status, code, field) in [
-        ("?page=0", 422, "validation_failed", "page"),
-        ("?per_page=0", 422, "validation_failed", "per_page"),
-        ("?per_page=101", 422, "validation_failed", "per_page"),
+        ("?page=0", 400, "invalid_request", "page"),
+        ("?per_page=0", 400, "invalid_request", "per_page"),
+        ("?per_page=101", 400, "invalid_request", "per_page"),
         ("?page=abc", 400, "invalid_request", "page"),
         ("?per_page=-1", 400, "invalid_request", "per_page"),
     ] {
