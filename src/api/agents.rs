@@ -39,10 +39,12 @@ pub struct AgentConfig {
     /// Sampling temperature; null for the model's default.
     #[oai(nullable)]
     pub temperature: Option<f64>,
-    /// Model calls that may request tools in one run.
-    pub max_tool_iterations: u32,
-    /// Wall-clock limit of a run, in milliseconds.
-    pub timeout_ms: u64,
+    /// Model calls that may request tools in one run (always sent by ares; optional for other servers of this API).
+    #[oai(skip_serializing_if_is_none)]
+    pub max_tool_iterations: Option<u32>,
+    /// Wall-clock limit of a run, in milliseconds (always sent by ares; optional for other servers of this API).
+    #[oai(skip_serializing_if_is_none)]
+    pub timeout_ms: Option<u64>,
     /// JSON Schema a run's `input` must satisfy; null when any input is accepted.
     #[oai(nullable)]
     pub input_schema: Option<JsonObject>,
@@ -228,8 +230,8 @@ fn detail(tenant: &str, a: &Agent, s: &AgentState) -> AgentDetail {
             tools: a.spec.tools.clone(),
             max_tokens: a.spec.max_tokens,
             temperature: a.spec.temperature,
-            max_tool_iterations: a.spec.max_tool_iterations,
-            timeout_ms: a.spec.timeout_ms,
+            max_tool_iterations: Some(a.spec.max_tool_iterations),
+            timeout_ms: Some(a.spec.timeout_ms),
             input_schema: schema_object(&a.spec.input_schema),
             output_schema: schema_object(&a.spec.output_schema),
         },

@@ -4,6 +4,7 @@ mod admin;
 mod agents_files;
 mod cli;
 mod conformance;
+mod contracts;
 mod doc_examples;
 mod docs;
 mod drift;
