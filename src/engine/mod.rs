@@ -209,7 +209,7 @@ impl Engine {
                     "run quota ({} runs) or token quota ({} tokens) of this billing period is used up; it resets at {}",
                     tenant.quota_runs,
                     tenant.quota_tokens,
-                    (period.end + chrono::Duration::seconds(1)).to_rfc3339()
+                    (period.end + chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ))
             })?;
         let mut run = RunRecord {

@@ -14,6 +14,7 @@ mod hot_reload;
 mod persistence;
 mod providers;
 mod real_model;
+mod snapshots;
 mod upstream;
 mod v1_agents;
 mod v1_chat;
