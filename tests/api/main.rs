@@ -12,6 +12,7 @@ mod errors_and_system;
 mod helpers;
 mod hot_reload;
 mod persistence;
+mod properties;
 mod providers;
 mod real_model;
 mod snapshots;
