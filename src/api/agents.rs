@@ -10,6 +10,7 @@ use poem_openapi::{Object, OpenApi};
 use super::auth::ApiKeyAuth;
 use super::error::{ApiError, responses};
 use super::json_object::JsonObject;
+use super::wire::document_example;
 use super::wire::{JsonBody, Timestamp};
 use super::{ApiTags, App, Page};
 use crate::agents::Agent;
@@ -78,6 +79,7 @@ pub struct AgentSummary {
 
 /// One agent with its full configuration.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct AgentDetail {
     /// Stable id of this tenant's agent (UUIDv5 of tenant and name).
     pub id: String,
@@ -104,6 +106,7 @@ pub struct AgentDetail {
 
 /// A page of agents.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct AgentList {
     /// The agents of this page.
     pub agents: Vec<AgentSummary>,
@@ -117,6 +120,7 @@ pub struct AgentList {
 
 /// The input of a run.
 #[derive(Debug, Clone, Object, serde::Deserialize)]
+#[oai(example)]
 pub struct RunRequest {
     /// `message` (text for the model) and `context` (any JSON object), or whatever the agent's input_schema asks for.
     pub input: JsonObject,
@@ -124,6 +128,7 @@ pub struct RunRequest {
 
 /// One run of an agent.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct RunResponse {
     /// The run's id (UUIDv7).
     pub id: String,
@@ -153,6 +158,7 @@ pub struct RunResponse {
 
 /// A page of an agent's runs, newest first.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct RunList {
     /// The runs of this page, newest first.
     pub runs: Vec<RunResponse>,
@@ -339,8 +345,11 @@ impl AgentsApi {
         &self,
         app: Data<&Arc<App>>,
         auth: ApiKeyAuth,
-        /// Page number, from 1.
-        #[oai(default = "super::default_page", validator(minimum(value = "1")))]
+        /// Page number, from 1 (at most 1,000,000).
+        #[oai(
+            default = "super::default_page",
+            validator(minimum(value = "1"), maximum(value = "1000000"))
+        )]
         page: Query<u32>,
         /// Results per page, 1 to 100.
         #[oai(
@@ -451,8 +460,11 @@ impl AgentsApi {
         auth: ApiKeyAuth,
         /// The agent's name.
         name: Path<String>,
-        /// Page number, from 1.
-        #[oai(default = "super::default_page", validator(minimum(value = "1")))]
+        /// Page number, from 1 (at most 1,000,000).
+        #[oai(
+            default = "super::default_page",
+            validator(minimum(value = "1"), maximum(value = "1000000"))
+        )]
         page: Query<u32>,
         /// Results per page, 1 to 100.
         #[oai(
@@ -493,3 +505,13 @@ impl AgentsApi {
         }
     }
 }
+
+document_example!(AgentList, "listAgents.json", "response");
+
+document_example!(AgentDetail, "getAgent.json", "response");
+
+document_example!(RunRequest, "runAgent.json", "request");
+
+document_example!(RunResponse, "runAgent.json", "response");
+
+document_example!(RunList, "listAgentRuns.json", "response");

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
 use super::agents::engine_error;
 use super::auth::ApiKeyAuth;
 use super::error::{ApiError, responses};
-use super::wire::JsonBody;
+use super::wire::document_example;
+use super::wire::{JsonBody, Sse};
 use super::{ApiTags, App};
 use crate::engine::{ChatChunk, ChatInput};
 use crate::llm::{Message, Role};
@@ -36,6 +37,7 @@ pub struct ChatMessage {
 /// A conversation to continue. Give a `model`, an `agent_type`, or both: the tenant's active
 /// agent of that type supplies the system prompt (and the model, unless one is given).
 #[derive(Debug, Clone, Object, serde::Deserialize)]
+#[oai(example)]
 pub struct ChatRequest {
     /// The conversation so far, oldest first; at least one message.
     #[oai(validator(min_items = 1, max_items = 1000))]
@@ -50,6 +52,7 @@ pub struct ChatRequest {
 
 /// The model's complete answer.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct ChatResponse {
     /// Id of this message (UUIDv7).
     pub id: String,
@@ -114,7 +117,7 @@ responses! {
     ChatStreamResponse {
         ok {
         /// A stream of server-sent events, each `data: <ChatStreamChunk>`.
-        Ok(EventStream<futures_util::stream::BoxStream<'static, ChatStreamChunk>>) = 200,
+        Ok(Sse<ChatStreamChunk>) = 200,
         }
         errors {
             BadRequest = 400: "The body is not JSON of the right shape (e.g. an unknown role).",
@@ -201,9 +204,13 @@ impl ChatApi {
                         ChatStreamChunk::from(c)
                     })
                     .boxed();
-                ChatStreamResponse::Ok(EventStream::new(events))
+                ChatStreamResponse::Ok(Sse(events))
             }
             Err(e) => engine_error(e).into(),
         }
     }
 }
+
+document_example!(ChatRequest, "chat.json", "request");
+
+document_example!(ChatResponse, "chat.json", "response");

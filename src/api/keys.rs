@@ -10,6 +10,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::auth::ApiKeyAuth;
 use super::error::{ApiError, responses};
+use super::wire::document_example;
 use super::wire::{JsonBody, Timestamp};
 use super::{ApiTags, App};
 use crate::store::ApiKey;
@@ -48,6 +49,7 @@ impl From<ApiKey> for ApiKeyInfo {
 
 /// The tenant's live keys.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct ApiKeyList {
     /// Oldest first.
     pub keys: Vec<ApiKeyInfo>,
@@ -55,6 +57,7 @@ pub struct ApiKeyList {
 
 /// A key to create.
 #[derive(Debug, Clone, Object, serde::Deserialize)]
+#[oai(example)]
 pub struct CreateKeyRequest {
     /// A name to recognise the key by.
     #[oai(validator(min_length = 1, max_length = 100))]
@@ -66,6 +69,7 @@ pub struct CreateKeyRequest {
 
 /// A created key. The secret is shown only here: store it now.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct CreatedKey {
     /// The key's id.
     pub key: String,
@@ -193,3 +197,9 @@ impl KeysApi {
         }
     }
 }
+
+document_example!(ApiKeyList, "listApiKeys.json", "response");
+
+document_example!(CreateKeyRequest, "createApiKey.json", "request");
+
+document_example!(CreatedKey, "createApiKey.json", "response");

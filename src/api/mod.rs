@@ -48,6 +48,8 @@ pub enum ApiTags {
 }
 
 pub const MAX_PER_PAGE: u32 = 100;
+/// Highest page number accepted (far beyond any real listing).
+pub const MAX_PAGE: u32 = 1_000_000;
 
 pub fn default_page() -> u32 {
     1
@@ -65,8 +67,10 @@ pub struct Page {
 
 impl Page {
     pub fn new(page: u32, per_page: u32) -> Result<Page, ApiError> {
-        if page == 0 {
-            return Err(ApiError::invalid("page: must be at least 1, got 0"));
+        if page == 0 || page > MAX_PAGE {
+            return Err(ApiError::invalid(format!(
+                "page: must be between 1 and {MAX_PAGE}, got {page}"
+            )));
         }
         if per_page == 0 || per_page > MAX_PER_PAGE {
             return Err(ApiError::invalid(format!(
@@ -202,6 +206,68 @@ fn docs_page<T: poem_openapi::OpenApi, W: poem_openapi::Webhook>(
     poem::endpoint::make_sync(move |_| poem::web::Html(html.clone()))
 }
 
+/// The methods each path of the specs accepts, for the `Allow` header of a 405 (RFC 9110).
+fn allowed_methods(path: &str) -> Option<String> {
+    static TABLE: std::sync::OnceLock<Vec<(Vec<String>, String)>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut rows = Vec::new();
+        for spec in [v1_service().spec(), admin_service().spec()] {
+            let doc: serde_json::Value = serde_json::from_str(&spec).unwrap_or_default();
+            for (template, item) in doc["paths"].as_object().into_iter().flatten() {
+                let mut methods: Vec<String> = item
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(m, _)| m.to_uppercase())
+                    .collect();
+                methods.sort();
+                rows.push((
+                    template.split('/').map(String::from).collect(),
+                    methods.join(", "),
+                ));
+            }
+        }
+        rows
+    });
+    let parts: Vec<&str> = path.split('/').collect();
+    table
+        .iter()
+        .find(|(segments, _)| {
+            segments.len() == parts.len()
+                && segments
+                    .iter()
+                    .zip(&parts)
+                    .all(|(s, p)| (s.starts_with('{') && !p.is_empty()) || s == p)
+        })
+        .map(|(_, methods)| methods.clone())
+}
+
+/// Adds `Allow` to every 405 response.
+pub struct AllowHeader;
+
+impl<E: Endpoint> poem::Middleware<E> for AllowHeader {
+    type Output = AllowHeaderEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        AllowHeaderEndpoint(ep)
+    }
+}
+
+pub struct AllowHeaderEndpoint<E>(E);
+
+impl<E: Endpoint> Endpoint for AllowHeaderEndpoint<E> {
+    type Output = Response;
+    async fn call(&self, req: poem::Request) -> poem::Result<Response> {
+        let path = req.uri().path().to_string();
+        let mut resp = self.0.call(req).await?.into_response();
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+            && let Some(value) = allowed_methods(&path).and_then(|m| m.parse().ok())
+        {
+            resp.headers_mut().insert(poem::http::header::ALLOW, value);
+        }
+        Ok(resp)
+    }
+}
+
 /// Rejects bodies over `max` bytes with 413, whether or not they declare their length.
 pub struct BodyLimit(pub usize);
 
@@ -276,6 +342,7 @@ pub fn routes(app: Arc<App>) -> impl Endpoint<Output = Response> {
         .with(BodyLimit(max_body))
         .data(app)
         .catch_all_error(|e| catch(e, false))
+        .with(AllowHeader)
         .with(request_id::RequestId)
         .with(metrics::Track(metrics))
 }

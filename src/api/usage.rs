@@ -10,6 +10,7 @@ use poem_openapi::{Object, OpenApi};
 use super::auth::ApiKeyAuth;
 use super::error::{ApiError, responses};
 use super::wire::Timestamp;
+use super::wire::document_example;
 use super::{ApiTags, App};
 
 /// Usage on one day (UTC).
@@ -27,6 +28,7 @@ pub struct DailyUsage {
 
 /// The tenant's usage in the current billing period.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct UsageResponse {
     /// First second of the period.
     pub period_start: Timestamp,
@@ -122,3 +124,5 @@ impl UsageApi {
         }))
     }
 }
+
+document_example!(UsageResponse, "getUsage.json", "response");

@@ -129,3 +129,82 @@ mod tests {
         assert_eq!(Timestamp(t).to_json().unwrap(), "2026-03-13T14:22:00.123Z");
     }
 }
+
+/// A server-sent event stream whose every event is `data: <T as JSON>`. Unlike poem-openapi's
+/// `EventStream` (described as an array), the spec describes its `text/event-stream` content
+/// as the schema of one event, which is how SSE-aware tools (schemathesis, client generators)
+/// read it.
+pub struct Sse<T: Send + 'static>(pub futures_util::stream::BoxStream<'static, T>);
+
+impl<T: Type + ToJSON + Send + 'static> Payload for Sse<T> {
+    const CONTENT_TYPE: &'static str = "text/event-stream";
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Type + ToJSON + Send + 'static> poem::IntoResponse for Sse<T> {
+    fn into_response(self) -> poem::Response {
+        use futures_util::StreamExt;
+        let events = self
+            .0
+            .map(|item| poem::web::sse::Event::message(item.to_json_string()));
+        poem::web::sse::SSE::new(events).into_response()
+    }
+}
+
+impl<T: Type + ToJSON + Send + 'static> poem_openapi::ApiResponse for Sse<T> {
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses};
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: Self::CONTENT_TYPE,
+                    schema: Self::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+/// An example from the V1 document (`contracts/document/*.json`, included at build time):
+/// the value at `key` of the example file, parsed as `T`. The spec's examples are thus the
+/// document's own, and a document example that stops fitting its type fails the build's tests.
+pub fn parse_document_example<T: ParseFromJSON>(file: &str, key: &str) -> T {
+    let v: Value = serde_json::from_str(file).expect("a contracts/document file is JSON");
+    match T::parse_from_json(Some(v[key].clone())) {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "the document's example `{key}` does not fit its type: {}",
+            e.into_message()
+        ),
+    }
+}
+
+/// Attaches the document's example at `key` of `contracts/document/<file>` to a type.
+macro_rules! document_example {
+    ($ty:ty, $file:literal, $key:literal) => {
+        impl poem_openapi::types::Example for $ty {
+            fn example() -> Self {
+                $crate::api::wire::parse_document_example(
+                    include_str!(concat!("../../contracts/document/", $file)),
+                    $key,
+                )
+            }
+        }
+    };
+}
+pub(crate) use document_example;

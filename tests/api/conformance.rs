@@ -155,7 +155,7 @@ pub fn check(
     };
     let key = |media: &str| format!("{} {} {status} {media}", op.method, op.template);
     if let Some(sse) = content.get("text/event-stream") {
-        let item = &sse["schema"]["items"];
+        let item = &sse["schema"];
         for line in text.lines().filter(|l| !l.is_empty()) {
             let data = line
                 .strip_prefix("data: ")

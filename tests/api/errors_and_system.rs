@@ -52,6 +52,15 @@ async fn unknown_routes_and_methods_use_the_error_body() {
     let r = app.delete("/v1/usage", &acme).await;
     assert_eq!(r.status, 405, "{}", r.text);
     assert_eq!(r.error_code(), "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET"));
+    let r = app
+        .send(
+            app.client
+                .put(format!("{}/v1/api-keys", app.base))
+                .bearer_auth(&acme),
+        )
+        .await;
+    assert_eq!(r.header("allow"), Some("GET, POST"));
 }
 
 #[tokio::test]

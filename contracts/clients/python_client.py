@@ -1,0 +1,50 @@
+"""Real calls through the Python client generated from openapi/v1.yaml by openapi-python-client.
+
+Run by scripts/contract-live with the generated package importable as `pyclient`,
+and ARES_URL / ARES_KEY naming a live server and a key of a tenant that has the
+example agents.
+"""
+import os
+
+from pyclient import AuthenticatedClient
+from pyclient.api.agents import get_agent, list_agent_runs, list_agents, run_agent
+from pyclient.api.api_keys import create_api_key, list_api_keys, revoke_api_key
+from pyclient.api.usage import get_usage
+from pyclient.models import AgentList, CreatedKey, CreateKeyRequest, RunList, RunRequest, RunRequestInput, RunResponse, UsageResponse
+
+client = AuthenticatedClient(base_url=os.environ["ARES_URL"], token=os.environ["ARES_KEY"])
+
+agents = list_agents.sync(client=client, page=1, per_page=20)
+assert isinstance(agents, AgentList), agents
+names = [a.name for a in agents.agents]
+assert "risk-analyzer" in names, names
+assert agents.total == len(names)
+
+detail = get_agent.sync("risk-analyzer", client=client)
+assert detail.config.tools == ["calculator"], detail
+
+run = run_agent.sync(
+    "risk-analyzer",
+    client=client,
+    body=RunRequest(input_=RunRequestInput.from_dict({"message": "Evaluate this transaction", "context": {"amount": 15000}})),
+)
+assert isinstance(run, RunResponse), run
+assert run.status == "completed", run
+assert run.output is not None and 0 <= run.output["risk_score"] <= 1, run.output
+assert run.tokens_used > 0
+
+runs = list_agent_runs.sync("risk-analyzer", client=client)
+assert isinstance(runs, RunList) and runs.runs[0].id == run.id, runs
+
+usage = get_usage.sync(client=client)
+assert isinstance(usage, UsageResponse), usage
+assert usage.total_runs >= 1 and usage.quota_runs > 0
+
+created = create_api_key.sync(client=client, body=CreateKeyRequest(name="python-client", expires_in_days=30))
+assert isinstance(created, CreatedKey) and created.secret.startswith("ares_"), created
+assert any(k.id == created.key for k in list_api_keys.sync(client=client).keys)
+revoked = revoke_api_key.sync_detailed(created.key, client=client)
+assert revoked.status_code == 204, revoked
+assert all(k.id != created.key for k in list_api_keys.sync(client=client).keys)
+
+print("python client: list agents, get agent, run, runs, usage, create and revoke a key: ok")

@@ -1,0 +1,39 @@
+// Real calls through a TypeScript client: types generated from openapi/v1.yaml by
+// openapi-typescript, requests made with openapi-fetch, checked with `tsc --strict`.
+// Run by scripts/contract-live with ARES_URL / ARES_KEY naming a live server and key.
+import createClient from "openapi-fetch";
+import type { paths } from "./v1.d.ts";
+
+
+const client = createClient<paths>({
+  baseUrl: process.env.ARES_URL,
+  headers: { Authorization: `Bearer ${process.env.ARES_KEY}` },
+});
+
+function check(cond: boolean, what: string): asserts cond {
+  if (!cond) throw new Error(`check failed: ${what}`);
+}
+
+const agents = await client.GET("/v1/agents", { params: { query: { page: 1, per_page: 20 } } });
+check(agents.data !== undefined, "list agents");
+check(agents.data.agents.some((a) => a.name === "risk-analyzer"), "risk-analyzer is listed");
+
+const run = await client.POST("/v1/agents/{name}/run", {
+  params: { path: { name: "risk-analyzer" } },
+  body: { input: { message: "Evaluate this transaction", context: { amount: 15000, currency: "USD" } } },
+});
+check(run.data !== undefined, "run");
+check(run.data.status === "completed", `run completed: ${JSON.stringify(run.data)}`);
+check(run.data.tokens_used > 0, "tokens used");
+
+const usage = await client.GET("/v1/usage");
+check(usage.data !== undefined && usage.data.total_runs >= 1, "usage counts the run");
+
+const created = await client.POST("/v1/api-keys", { body: { name: "ts-client", expires_in_days: 7 } });
+check(created.data !== undefined && created.data.secret.startsWith("ares_"), "key created");
+const revoked = await client.DELETE("/v1/api-keys/{id}", { params: { path: { id: created.data.key } } });
+check(revoked.response.status === 204, "key revoked");
+const missing = await client.GET("/v1/agents/{name}", { params: { path: { name: "no-such-agent" } } });
+check(missing.error !== undefined && missing.error.error.code === "agent_not_found", "typed error body");
+
+console.log("typescript client: list agents, run, usage, create and revoke a key, typed errors: ok");
