@@ -117,19 +117,6 @@ impl ToJSON for Timestamp {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_use_z() {
-        let t: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
-        assert_eq!(Timestamp(t).to_json().unwrap(), "2026-03-01T00:00:00Z");
-        let t: DateTime<Utc> = "2026-03-13T14:22:00.123Z".parse().unwrap();
-        assert_eq!(Timestamp(t).to_json().unwrap(), "2026-03-13T14:22:00.123Z");
-    }
-}
-
 /// A server-sent event stream whose every event is `data: <T as JSON>`. Unlike poem-openapi's
 /// `EventStream` (described as an array), the spec describes its `text/event-stream` content
 /// as the schema of one event, which is how SSE-aware tools (schemathesis, client generators)
@@ -208,3 +195,16 @@ macro_rules! document_example {
     };
 }
 pub(crate) use document_example;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_use_z() {
+        let t: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
+        assert_eq!(Timestamp(t).to_json().unwrap(), "2026-03-01T00:00:00Z");
+        let t: DateTime<Utc> = "2026-03-13T14:22:00.123Z".parse().unwrap();
+        assert_eq!(Timestamp(t).to_json().unwrap(), "2026-03-13T14:22:00.123Z");
+    }
+}
