@@ -213,6 +213,8 @@ impl AdminApi {
     }
 
     /// List tenants
+    ///
+    /// Every tenant of the deployment with its quotas, ordered by slug.
     #[oai(path = "/tenants", method = "get", operation_id = "listTenants")]
     async fn list(&self, app: Data<&Arc<App>>, _auth: AdminAuth) -> ListTenantsResponse {
         match app.engine.store.tenants().await {

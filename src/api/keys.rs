@@ -97,11 +97,10 @@ responses! {
         Created(Json<CreatedKey>) = 201,
         }
         errors {
-            BadRequest = 400: "The body is not JSON of the right shape.",
+            BadRequest = 400: "The body is not JSON of the right shape, or a value is out of range; the message names the field.",
             Unauthorized = 401: "Missing or invalid API key.",
             TooLarge = 413: "The body is larger than the configured limit.",
             UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
-            Invalid = 422: "A value is out of range; the message names the field.",
             Unavailable = 503: "The database is unavailable.",
         }
     }
