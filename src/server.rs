@@ -103,6 +103,11 @@ impl Application {
                 }
             })
         };
+        // Small writes (SSE events) must not wait for the peer's delayed ACK (Nagle): accepted
+        // connections inherit TCP_NODELAY from the listening socket on Linux.
+        if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on the listener");
+        }
         let addr = listener.local_addr()?;
         tracing::info!(%addr, agents = engine.agents.snapshot().len(), "ares serving");
         let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;

@@ -29,14 +29,10 @@ async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     if !secret.starts_with(crate::store::keys_prefix()) {
         return Err(ApiError::unauthorized().into());
     }
-    let store = &app.engine.store;
-    let auth = store
+    let (auth, tenant) = app
+        .engine
+        .store
         .authenticate(secret)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(ApiError::unauthorized)?;
-    let tenant = store
-        .tenant(&auth.tenant)
         .await
         .map_err(ApiError::from)?
         .ok_or_else(ApiError::unauthorized)?;

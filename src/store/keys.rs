@@ -109,19 +109,32 @@ impl Store {
         Ok(NewKey { key, secret })
     }
 
-    /// The tenant a secret authenticates, when the key exists, is not revoked and has not expired.
-    pub async fn authenticate(&self, secret: &str) -> Result<Option<KeyAuth>> {
-        let sql = "SELECT key_id, tenant FROM api_key WHERE hash = $hash AND revoked_at = NONE \
+    /// The key and tenant a secret authenticates, when the key exists, is not revoked and has
+    /// not expired: one indexed lookup, fetching the tenant in the same statement.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<(KeyAuth, super::Tenant)>> {
+        let sql = "SELECT key_id, type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, created_at} AS tenant \
+                   FROM api_key WHERE hash = $hash AND revoked_at = NONE \
                    AND (expires_at = NONE OR expires_at > time::now()) LIMIT 1";
         let rows: Vec<serde_json::Value> = self
             .rows(sql, json!({"hash": hash_secret(secret)}), 0)
             .await?;
-        Ok(rows.into_iter().next().and_then(|r| {
-            Some(KeyAuth {
-                key_id: r["key_id"].as_str()?.to_string(),
-                tenant: r["tenant"].as_str()?.to_string(),
-            })
-        }))
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let Some(key_id) = row["key_id"].as_str().map(String::from) else {
+            return Ok(None);
+        };
+        // A key whose tenant is gone authenticates nobody.
+        let Ok(tenant) = serde_json::from_value::<super::Tenant>(row["tenant"].clone()) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            KeyAuth {
+                key_id,
+                tenant: tenant.slug.clone(),
+            },
+            tenant,
+        )))
     }
 
     /// The tenant's keys that are not revoked, oldest first.
