@@ -270,6 +270,26 @@ impl Drop for TestApp {
     }
 }
 
+/// What tenant `acme` is offered in `fixtures/agents`, by name: its own agents and `_global`'s.
+pub const ACME_AGENTS: [&str; 6] = [
+    "analyst",
+    "echo",
+    "paused",
+    "risk-analyzer",
+    "slow",
+    "strict-input",
+];
+
+/// The names of a `{"agents": [...]}` listing, in order.
+pub fn agent_names(body: &Value) -> Vec<String> {
+    body["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The `data:` payloads of a server-sent event stream, parsed.
 pub fn sse_events(text: &str) -> Vec<Value> {
     text.lines()

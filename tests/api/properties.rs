@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, agent_names as names};
 
 /// A new number for each call: tenant slugs stay unique across cases (and shrinking).
 fn unique() -> u64 {
@@ -44,15 +44,6 @@ fn app() -> (TestApp, String) {
         let key = app.tenant("acme").await;
         (app, key)
     })
-}
-
-fn names(v: &Value) -> Vec<String> {
-    v["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]

@@ -2,16 +2,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::TestApp;
-
-fn names(body: &Value) -> Vec<String> {
-    body["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap().to_string())
-        .collect()
-}
+use crate::helpers::{ACME_AGENTS, TestApp, agent_names as names};
 
 #[tokio::test]
 async fn list_shows_the_tenant_and_global_agents_by_name() {
@@ -19,17 +10,7 @@ async fn list_shows_the_tenant_and_global_agents_by_name() {
     let acme = app.tenant("acme").await;
     let r = app.list_agents(&acme, "").await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(
-        names(&r.body),
-        [
-            "analyst",
-            "echo",
-            "paused",
-            "risk-analyzer",
-            "slow",
-            "strict-input"
-        ]
-    );
+    assert_eq!(names(&r.body), ACME_AGENTS);
     assert_eq!(r.body["total"], 6);
     assert_eq!(r.body["page"], 1);
     assert_eq!(r.body["per_page"], 20);
@@ -87,17 +68,7 @@ async fn pages_partition_the_list() {
         assert_eq!(r.body["per_page"], 2);
         seen.extend(names(&r.body));
     }
-    assert_eq!(
-        seen,
-        [
-            "analyst",
-            "echo",
-            "paused",
-            "risk-analyzer",
-            "slow",
-            "strict-input"
-        ]
-    );
+    assert_eq!(seen, ACME_AGENTS);
     let beyond = app.list_agents(&acme, "?page=9&per_page=2").await;
     assert_eq!(beyond.status, 200);
     assert_eq!(names(&beyond.body), Vec::<String>::new());
