@@ -490,9 +490,10 @@ impl AgentsApi {
             Ok(s) => s,
             Err(e) => return ApiError::from(e).into(),
         };
-        let total = states.first().map_or(0, |s| s.total_runs);
+        // Every run started is listed (one in flight shows as `running`).
+        let total = states.first().map_or(0, |s| s.run_seq);
         match store
-            .runs(&id, page.offset() as u64, u64::from(page.per_page))
+            .runs(&id, total, page.offset() as u64, u64::from(page.per_page))
             .await
         {
             Ok(runs) => ListRunsResponse::Ok(Json(RunList {

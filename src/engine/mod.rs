@@ -217,6 +217,7 @@ impl Engine {
             tenant: tenant.slug.clone(),
             agent: name.to_string(),
             agent_id: agent_id(&tenant.slug, name),
+            seq: 0,
             status: RunStatus::Running,
             input: Value::Object(input.clone()),
             output: None,
@@ -226,7 +227,7 @@ impl Engine {
             duration_ms: None,
             tokens_used: 0,
         };
-        self.store.start_run(&run).await?;
+        self.store.start_run(&mut run).await?;
         let clock = Instant::now();
         let limit = Duration::from_millis(agent.spec.timeout_ms);
         let outcome = match tokio::time::timeout(limit, self.execute(&agent, &input)).await {

@@ -35,9 +35,13 @@ DEFINE FIELD IF NOT EXISTS created_at ON agent_state TYPE datetime;
 DEFINE FIELD IF NOT EXISTS total_runs ON agent_state TYPE int DEFAULT 0;
 DEFINE FIELD IF NOT EXISTS completed_runs ON agent_state TYPE int DEFAULT 0;
 DEFINE FIELD IF NOT EXISTS last_run ON agent_state TYPE option<datetime>;
+DEFINE FIELD IF NOT EXISTS run_seq ON agent_state TYPE int DEFAULT 0;
 
+-- A run's record id is [agent_id, seq]: seq numbers an agent's runs from 1 as they start, so a
+-- page of history is a list of record ids, fetched by key whatever the history's size.
 DEFINE TABLE IF NOT EXISTS run SCHEMAFULL;
 DEFINE FIELD IF NOT EXISTS run_id ON run TYPE string;
+DEFINE FIELD IF NOT EXISTS seq ON run TYPE int;
 DEFINE FIELD IF NOT EXISTS tenant ON run TYPE string;
 DEFINE FIELD IF NOT EXISTS agent ON run TYPE string;
 DEFINE FIELD IF NOT EXISTS agent_id ON run TYPE string;
@@ -49,7 +53,6 @@ DEFINE FIELD IF NOT EXISTS started_at ON run TYPE datetime;
 DEFINE FIELD IF NOT EXISTS finished_at ON run TYPE option<datetime>;
 DEFINE FIELD IF NOT EXISTS duration_ms ON run TYPE option<int>;
 DEFINE FIELD IF NOT EXISTS tokens_used ON run TYPE int DEFAULT 0;
-DEFINE INDEX IF NOT EXISTS run_agent_started ON run FIELDS agent_id, started_at;
 DEFINE INDEX IF NOT EXISTS run_status ON run FIELDS status;
 
 DEFINE TABLE IF NOT EXISTS chat SCHEMAFULL;

@@ -34,6 +34,9 @@ pub struct RunRecord {
     /// The agent's name.
     pub agent: String,
     pub agent_id: String,
+    /// The run's number among its agent's runs, from 1 (0 until it is stored).
+    #[serde(default)]
+    pub seq: u64,
     pub status: RunStatus,
     pub input: Value,
     pub output: Option<Value>,
@@ -59,9 +62,13 @@ pub struct ChatRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentState {
     pub created_at: DateTime<Utc>,
+    /// Finished runs.
     pub total_runs: u64,
     pub completed_runs: u64,
     pub last_run: Option<DateTime<Utc>>,
+    /// Runs started (the last run's `seq`).
+    #[serde(default)]
+    pub run_seq: u64,
 }
 
 /// A run slot taken from a tenant's quota for one period; settled by [`Store::finish_run`].
@@ -148,13 +155,31 @@ impl Store {
         Ok(used < quota_tokens)
     }
 
-    /// Stores a run in its initial `running` state, so a crash leaves a trace to recover.
+    /// Stores a run in its initial `running` state, so a crash leaves a trace to recover, and
+    /// numbers it among its agent's runs (sets `run.seq`).
     #[tracing::instrument(skip(self, run), fields(run = %run.id))]
-    pub async fn start_run(&self, run: &RunRecord) -> Result<()> {
-        let sql = "CREATE type::record('run', $r.run_id) CONTENT { run_id: $r.run_id, tenant: $r.tenant, \
-                   agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
-                   started_at: <datetime>$r.started_at, tokens_used: 0 } RETURN NONE;";
-        self.run(sql, json!({"r": run})).await?;
+    pub async fn start_run(&self, run: &mut RunRecord) -> Result<()> {
+        let sql = "BEGIN; \
+            LET $seq = (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
+              created_at = created_at ?? time::now(), run_seq += 1 RETURN run_seq)[0].run_seq; \
+            CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, tenant: $r.tenant, \
+              agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
+              started_at: <datetime>$r.started_at, tokens_used: 0 } RETURN NONE; \
+            RETURN $seq; \
+            COMMIT;";
+        let out = self.run_retrying(sql, json!({"r": &*run})).await?;
+        run.seq = out
+            .iter()
+            .rev()
+            .find_map(|rows| match rows.as_slice() {
+                [v] => v.as_u64(),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                StoreError::Internal(anyhow::anyhow!(
+                    "starting a run returned no sequence number"
+                ))
+            })?;
         Ok(())
     }
 
@@ -163,7 +188,7 @@ impl Store {
     #[tracing::instrument(skip(self, run, reservation), fields(run = %run.id))]
     pub async fn finish_run(&self, reservation: &Reservation, run: &RunRecord) -> Result<()> {
         let sql = "BEGIN; \
-            UPDATE type::record('run', $r.run_id) SET status = $r.status, output = $r.output ?? NONE, \
+            UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, output = $r.output ?? NONE, \
               error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE), \
               duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used; \
             UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used; \
@@ -199,25 +224,41 @@ impl Store {
         Ok(())
     }
 
-    /// Runs of one agent, newest first.
+    /// A page of one agent's runs, newest first: the runs numbered `run_seq - offset` down,
+    /// fetched by record id — a page costs the same whatever the length of the history.
     #[tracing::instrument(skip(self))]
-    pub async fn runs(&self, agent_id: &str, offset: u64, limit: u64) -> Result<Vec<RunRecord>> {
+    pub async fn runs(
+        &self,
+        agent_id: &str,
+        run_seq: u64,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<RunRecord>> {
+        let hi = run_seq.saturating_sub(offset);
+        let lo = hi.saturating_sub(limit);
+        let seqs: Vec<u64> = (lo + 1..=hi).rev().collect();
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "SELECT {RUN_FIELDS} FROM run WHERE agent_id = $agent ORDER BY started_at DESC, run_id DESC \
-             LIMIT $limit START $offset"
+            "RETURN $seqs.map(|$s| type::record('run', [$agent, $s]).{{{RUN_FIELDS}}}).filter(|$r| $r.run_id != NONE);"
         );
-        self.rows(
-            &sql,
-            json!({"agent": agent_id, "limit": limit, "offset": offset}),
-            0,
-        )
-        .await
-    }
-
-    /// One run by id.
-    pub async fn run_record(&self, id: &str) -> Result<Option<RunRecord>> {
-        let sql = format!("SELECT {RUN_FIELDS} FROM type::record('run', $id)");
-        Ok(self.rows(&sql, json!({"id": id}), 0).await?.pop())
+        let rows = self
+            .run(&sql, json!({"agent": agent_id, "seqs": seqs}))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let rows = match rows.as_slice() {
+            [Value::Array(inner)] => inner.clone(),
+            _ => rows,
+        };
+        rows.into_iter()
+            .map(|r| {
+                serde_json::from_value(r)
+                    .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding a run: {e}")))
+            })
+            .collect()
     }
 
     /// Counters of the given agents (by agent id), recording now as first-seen for new ones.
@@ -240,7 +281,7 @@ impl Store {
                          created_at = created_at ?? time::now(); \
                      }; \
                    }; \
-                   RETURN $agents.map(|$a| type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run});";
+                   RETURN $agents.map(|$a| type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq});";
         let out = self
             .run_retrying(sql, json!({"agents": list, "tenant": tenant}))
             .await?;
@@ -255,5 +296,48 @@ impl Store {
                     .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding agent_state: {e}")))
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Creates `n` completed runs of one agent started today, in batches, with their counters
+    /// and usage (benchmarks and load tests: `bench/fill.rs`). Not used by the server.
+    pub async fn generate_runs(
+        &self,
+        tenant: &str,
+        agent: &str,
+        agent_id: &str,
+        period: &Period,
+        n: u64,
+    ) -> Result<()> {
+        const BATCH: u64 = 5_000;
+        let now = chrono::Utc::now();
+        let r = reservation(tenant, period, now);
+        let mut done = 0;
+        while done < n {
+            let count = BATCH.min(n - done);
+            let sql = "BEGIN; \
+                LET $base = (UPSERT type::record('agent_state', $agent_id) SET run_seq += $count RETURN run_seq)[0].run_seq - $count; \
+                FOR $i IN 0..$count { \
+                  LET $id = rand::uuid::v7(); \
+                  CREATE type::record('run', [$agent_id, $base + $i + 1]) CONTENT { run_id: <string>$id, seq: $base + $i + 1, \
+                    tenant: $tenant, agent: $agent, \
+                    agent_id: $agent_id, status: 'completed', input: {message: 'generated'}, output: {response: 'generated'}, \
+                    started_at: time::now(), finished_at: time::now(), duration_ms: 1, tokens_used: 10 } RETURN NONE; \
+                }; \
+                UPSERT type::record('usage_period', $period) SET tenant = $tenant, start = $start, runs += $count, tokens += $count * 10; \
+                UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += $count, tokens += $count * 10; \
+                UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
+                  created_at = created_at ?? time::now(), total_runs += $count, completed_runs += $count, last_run = time::now(); \
+                COMMIT;";
+            let vars = json!({
+                "count": count, "tenant": tenant, "agent": agent, "agent_id": agent_id,
+                "period": r.period_key, "day": r.day_key, "date": r.date,
+                "start": period.start.date_naive().to_string(),
+            });
+            self.run_retrying(sql, vars).await?;
+            done += count;
+        }
+        Ok(())
     }
 }
