@@ -175,6 +175,22 @@ impl Store {
     }
 }
 
+/// Decodes the array that a query's last statement returned (a `RETURN $list.map(...)`),
+/// naming `what` in the error.
+fn decode_returned<T: DeserializeOwned>(out: Vec<Vec<Value>>, what: &str) -> Result<Vec<T>> {
+    let rows = out.into_iter().last().unwrap_or_default();
+    let rows = match rows.as_slice() {
+        [Value::Array(inner)] => inner.clone(),
+        _ => rows,
+    };
+    rows.into_iter()
+        .map(|r| {
+            serde_json::from_value(r)
+                .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding {what}: {e}")))
+        })
+        .collect()
+}
+
 /// What every API key secret starts with.
 pub fn keys_prefix() -> &'static str {
     keys::SECRET_PREFIX

@@ -243,22 +243,10 @@ impl Store {
         let sql = format!(
             "RETURN $seqs.map(|$s| type::record('run', [$agent, $s]).{{{RUN_FIELDS}}}).filter(|$r| $r.run_id != NONE);"
         );
-        let rows = self
+        let out = self
             .run(&sql, json!({"agent": agent_id, "seqs": seqs}))
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let rows = match rows.as_slice() {
-            [Value::Array(inner)] => inner.clone(),
-            _ => rows,
-        };
-        rows.into_iter()
-            .map(|r| {
-                serde_json::from_value(r)
-                    .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding a run: {e}")))
-            })
-            .collect()
+            .await?;
+        super::decode_returned(out, "a run")
     }
 
     /// Counters of the given agents (by agent id), recording now as first-seen for new ones.
@@ -285,17 +273,7 @@ impl Store {
         let out = self
             .run_retrying(sql, json!({"agents": list, "tenant": tenant}))
             .await?;
-        let rows = out.into_iter().last().unwrap_or_default();
-        let rows = match rows.as_slice() {
-            [Value::Array(inner)] => inner.clone(),
-            _ => rows,
-        };
-        rows.into_iter()
-            .map(|r| {
-                serde_json::from_value(r)
-                    .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding agent_state: {e}")))
-            })
-            .collect()
+        super::decode_returned(out, "agent_state")
     }
 }
 

@@ -82,23 +82,8 @@ impl Store {
             .map(|d| format!("{tenant}|{d}"))
             .collect();
         let sql = "RETURN $keys.map(|$k| type::record('usage_daily', $k).{date, runs, tokens, api_calls}).filter(|$d| $d.date != NONE);";
-        let rows = self
-            .run(sql, json!({"keys": keys}))
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let rows = match rows.as_slice() {
-            [Value::Array(inner)] => inner.clone(),
-            _ => rows,
-        };
-        let mut days: Vec<DayUsage> = rows
-            .into_iter()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                super::StoreError::Internal(anyhow::anyhow!("decoding usage_daily: {e}"))
-            })?;
+        let out = self.run(sql, json!({"keys": keys})).await?;
+        let mut days: Vec<DayUsage> = super::decode_returned(out, "usage_daily")?;
         days.retain(|d| d.runs + d.tokens + d.api_calls > 0);
         Ok(Usage {
             total_runs: days.iter().map(|d| d.runs).sum(),
