@@ -200,18 +200,15 @@ impl Engine {
         Self::check_input(&agent, &input)?;
         let now = Utc::now();
         let period = Period::containing(now, self.settings.billing.period_start_day);
-        let reservation = self
-            .store
-            .reserve_run(&tenant.slug, &period, tenant.quota_runs, tenant.quota_tokens, now)
-            .await?
-            .ok_or_else(|| {
-                EngineError::QuotaExceeded(format!(
-                    "run quota ({} runs) or token quota ({} tokens) of this billing period is used up; it resets at {}",
-                    tenant.quota_runs,
-                    tenant.quota_tokens,
-                    (period.end + chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                ))
-            })?;
+        let quota_exceeded = || {
+            EngineError::QuotaExceeded(format!(
+                "run quota ({} runs) or token quota ({} tokens) of this billing period is used up; it resets at {}",
+                tenant.quota_runs,
+                tenant.quota_tokens,
+                (period.end + chrono::Duration::seconds(1))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ))
+        };
         let mut run = RunRecord {
             id: uuid::Uuid::now_v7().to_string(),
             tenant: tenant.slug.clone(),
@@ -227,7 +224,11 @@ impl Engine {
             duration_ms: None,
             tokens_used: 0,
         };
-        self.store.start_run(&mut run).await?;
+        let reservation = self
+            .store
+            .begin_run(&period, tenant.quota_runs, tenant.quota_tokens, &mut run)
+            .await?
+            .ok_or_else(quota_exceeded)?;
         let clock = Instant::now();
         let limit = Duration::from_millis(agent.spec.timeout_ms);
         let outcome = match tokio::time::timeout(limit, self.execute(&agent, &input)).await {

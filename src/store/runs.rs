@@ -111,31 +111,6 @@ impl Store {
         }
     }
 
-    /// Takes one run from the tenant's quota for `period`, unless the runs (settled and in
-    /// flight) have reached `quota_runs` or the settled tokens have reached `quota_tokens`.
-    /// Concurrent callers, on any number of instances, never overshoot the run quota.
-    #[tracing::instrument(skip(self, period))]
-    pub async fn reserve_run(
-        &self,
-        tenant: &str,
-        period: &Period,
-        quota_runs: u64,
-        quota_tokens: u64,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Reservation>> {
-        let r = reservation(tenant, period, at);
-        let sql = "UPSERT type::record('usage_period', $key) SET tenant = $tenant, start = $start \
-                   WHERE runs + reserved_runs < $qr AND tokens < $qt OR runs = NONE; \
-                   UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
-                   WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN reserved_runs;";
-        let vars = json!({
-            "key": r.period_key, "tenant": tenant, "start": period.start.date_naive().to_string(),
-            "qr": quota_runs, "qt": quota_tokens,
-        });
-        let out = self.run_retrying(sql, vars).await?;
-        Ok(out.get(1).is_some_and(|rows| !rows.is_empty()).then_some(r))
-    }
-
     /// Whether the tenant may still spend tokens in `period` (chats take no run slot).
     pub async fn tokens_left(
         &self,
@@ -155,32 +130,47 @@ impl Store {
         Ok(used < quota_tokens)
     }
 
-    /// Stores a run in its initial `running` state, so a crash leaves a trace to recover, and
-    /// numbers it among its agent's runs (sets `run.seq`).
-    #[tracing::instrument(skip(self, run), fields(run = %run.id))]
-    pub async fn start_run(&self, run: &mut RunRecord) -> Result<()> {
+    /// Starts a run: in one transaction, takes a run from the tenant's quota for `period` —
+    /// unless the period's runs (settled and in flight) have reached `quota_runs` or its settled
+    /// tokens have reached `quota_tokens` — numbers the run among its agent's runs (sets
+    /// `run.seq`) and stores it as `running`, so a crash leaves a trace to recover. `None` when
+    /// the quota refuses; nothing is stored then. Concurrent callers, on any number of
+    /// instances, never overshoot the run quota (a lost write race is run again).
+    #[tracing::instrument(skip(self, period, run), fields(run = %run.id))]
+    pub async fn begin_run(
+        &self,
+        period: &Period,
+        quota_runs: u64,
+        quota_tokens: u64,
+        run: &mut RunRecord,
+    ) -> Result<Option<Reservation>> {
+        let r = reservation(&run.tenant, period, run.started_at);
         let sql = "BEGIN; \
-            LET $seq = (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
-              created_at = created_at ?? time::now(), run_seq += 1 RETURN run_seq)[0].run_seq; \
-            CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, tenant: $r.tenant, \
-              agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
-              started_at: <datetime>$r.started_at, tokens_used: 0 } RETURN NONE; \
+            UPSERT type::record('usage_period', $key) SET tenant = $r.tenant, start = $start \
+              WHERE runs + reserved_runs < $qr AND tokens < $qt OR runs = NONE; \
+            LET $ok = array::len((UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
+              WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN reserved_runs)) > 0; \
+            LET $seq = IF $ok { (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
+              created_at = created_at ?? time::now(), run_seq += 1 RETURN run_seq)[0].run_seq } ELSE { NONE }; \
+            IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
+              tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
+              started_at: <datetime>$r.started_at, tokens_used: 0 } RETURN NONE; }; \
             RETURN $seq; \
             COMMIT;";
-        let out = self.run_retrying(sql, json!({"r": &*run})).await?;
-        run.seq = out
-            .iter()
-            .rev()
-            .find_map(|rows| match rows.as_slice() {
-                [v] => v.as_u64(),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                StoreError::Internal(anyhow::anyhow!(
-                    "starting a run returned no sequence number"
-                ))
-            })?;
-        Ok(())
+        let vars = json!({
+            "r": &*run, "key": r.period_key, "start": period.start.date_naive().to_string(),
+            "qr": quota_runs, "qt": quota_tokens,
+        });
+        let out = self.run_retrying(sql, vars).await?;
+        // The last statement's value: the run's number, or nothing when the quota refused.
+        let seq = out.iter().rev().find_map(|rows| match rows.as_slice() {
+            [v] => v.as_u64(),
+            _ => None,
+        });
+        Ok(seq.map(|seq| {
+            run.seq = seq;
+            r
+        }))
     }
 
     /// Stores the final state of a run and, in the same transaction, settles its reservation
