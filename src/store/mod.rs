@@ -87,15 +87,6 @@ impl Store {
         Ok(store)
     }
 
-    /// An in-memory store with the schema applied (tests).
-    pub async fn memory() -> Result<Store> {
-        Store::connect(&DatabaseSettings {
-            url: "mem://".into(),
-            ..DatabaseSettings::default()
-        })
-        .await
-    }
-
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         matches!(

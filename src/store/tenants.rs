@@ -59,12 +59,6 @@ impl Store {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn tenant(&self, slug: &str) -> Result<Option<Tenant>> {
-        let sql = format!("SELECT {FIELDS} FROM type::record('tenant', $slug)");
-        Ok(self.rows(&sql, json!({"slug": slug}), 0).await?.pop())
-    }
-
-    #[tracing::instrument(skip(self))]
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
         self.rows(
             &format!("SELECT {FIELDS} FROM tenant ORDER BY slug"),
