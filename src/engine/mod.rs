@@ -137,6 +137,10 @@ fn run_prompt(input: &Map<String, Value>) -> String {
     text
 }
 
+/// How long a chat without an agent may wait for the model (an agent's chat uses its
+/// `timeout_ms`); for a stream, the longest silence between two pieces.
+pub const CHAT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Estimated tokens of a text when the provider has not said (a cancelled stream).
 fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
@@ -407,7 +411,20 @@ impl Engine {
         self.check_tokens(tenant, &period).await?;
         let req = Self::chat_request(&route, agent.as_deref(), &input.messages);
         let iterations = agent.as_ref().map_or(0, |a| a.spec.max_tool_iterations);
-        let (turn, tokens) = tool_loop(&route, req, iterations, &self.tool_calls).await;
+        let limit = chat_limit(agent.as_deref());
+        let (turn, tokens) =
+            match tokio::time::timeout(limit, tool_loop(&route, req, iterations, &self.tool_calls))
+                .await
+            {
+                Ok(done) => done,
+                Err(_) => (
+                    Err(format!(
+                        "the model did not answer within {} ms",
+                        limit.as_millis()
+                    )),
+                    0,
+                ),
+            };
         let turn = match turn {
             Ok(t) => t,
             Err(e) => {
@@ -471,12 +488,13 @@ impl Engine {
         self.check_tokens(tenant, &period).await?;
         let req = Self::chat_request(&route, agent.as_deref(), &input.messages);
         let iterations = agent.as_ref().map_or(0, |a| a.spec.max_tool_iterations);
+        let limit = chat_limit(agent.as_deref());
         let (tx, rx) = tokio::sync::mpsc::channel::<ChatChunk>(64);
         let engine = Arc::clone(self);
         let tenant = tenant.clone();
         tokio::spawn(async move {
             let (finish_reason, tokens) =
-                drive_stream(&route, req, iterations, &tx, &engine.tool_calls).await;
+                drive_stream(&route, req, iterations, limit, &tx, &engine.tool_calls).await;
             if let Err(e) = engine
                 .record(&tenant, &route.name, &finish_reason, tokens, &period)
                 .await
@@ -490,6 +508,11 @@ impl Engine {
         )
         .boxed())
     }
+}
+
+/// The time limit of a chat: its agent's `timeout_ms`, else [`CHAT_TIMEOUT`].
+fn chat_limit(agent: Option<&Agent>) -> Duration {
+    agent.map_or(CHAT_TIMEOUT, |a| Duration::from_millis(a.spec.timeout_ms))
 }
 
 /// A conversation's last answer and the messages that led to it.
@@ -576,9 +599,11 @@ async fn drive_stream(
     route: &ModelRoute,
     mut req: ChatRequest,
     iterations: u32,
+    silence: Duration,
     tx: &tokio::sync::mpsc::Sender<ChatChunk>,
     counts: &ToolCalls,
 ) -> (String, u64) {
+    let quiet = || format!("the model sent nothing for {} ms", silence.as_millis());
     let mut tokens = 0;
     let mut used = 0;
     let last = |finish: &str, tokens: u64, error: Option<String>| ChatChunk {
@@ -599,7 +624,9 @@ async fn drive_stream(
             .map(|m| estimate_tokens(&m.content))
             .sum();
         let started = tokio::select! {
-            s = route.provider.chat_stream(call) => s,
+            s = tokio::time::timeout(silence, route.provider.chat_stream(call)) => {
+                s.unwrap_or_else(|_| Err(ProviderError::Transient(quiet())))
+            }
             () = tx.closed() => return ("cancelled".into(), tokens + prompt_estimate),
         };
         let mut upstream = match started {
@@ -612,7 +639,9 @@ async fn drive_stream(
         let mut produced = String::new();
         loop {
             let event = tokio::select! {
-                e = upstream.next() => e,
+                e = tokio::time::timeout(silence, upstream.next()) => {
+                    e.unwrap_or_else(|_| Some(Err(ProviderError::Transient(quiet()))))
+                }
                 // The client went away: dropping `upstream` cancels the provider's request.
                 () = tx.closed() => return ("cancelled".into(), tokens + prompt_estimate + estimate_tokens(&produced)),
             };

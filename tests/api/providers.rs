@@ -395,3 +395,37 @@ async fn wait_for_tokens(app: &TestApp, key: &str, expected: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn chats_and_streams_are_bounded_by_the_agents_timeout() {
+    // `patient` is the `slow` agent: timeout_ms 500.
+    let (app, _upstream, key) = app_with(vec![Reply::Hang, Reply::Hang]).await;
+    let body =
+        json!({"messages": [{"role": "user", "content": "hello?"}], "agent_type": "patient"});
+    let start = Instant::now();
+    let r = app.chat(&key, body.clone()).await;
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert_eq!(r.error_code(), "upstream_error");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("within 500 ms"),
+        "{}",
+        r.text
+    );
+
+    let start = Instant::now();
+    let r = app.chat_stream(&key, body).await;
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let last = sse_events(&r.text).last().unwrap().clone();
+    assert_eq!(last["finish_reason"], "error");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing for 500 ms"),
+        "{last}"
+    );
+}
