@@ -224,14 +224,7 @@ async fn chat_through_a_provider_and_its_failures() {
     )])
     .await;
     let r = app.chat(&key, body).await;
-    assert_eq!(r.status, 502, "{}", r.text);
-    assert_eq!(r.error_code(), "upstream_error");
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid api key")
-    );
+    assert_upstream_error(&r, "invalid api key");
 }
 
 #[tokio::test]
@@ -381,6 +374,14 @@ async fn a_client_that_disconnects_cancels_the_upstream_and_its_tokens_are_recor
     }
 }
 
+/// A 502 `upstream_error` whose message contains `fragment`.
+fn assert_upstream_error(r: &crate::helpers::Reply, fragment: &str) {
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert_eq!(r.error_code(), "upstream_error");
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(fragment), "{fragment:?} not in {}", r.text);
+}
+
 async fn wait_for_tokens(app: &TestApp, key: &str, expected: u64) {
     let start = Instant::now();
     loop {
@@ -405,16 +406,7 @@ async fn chats_and_streams_are_bounded_by_the_agents_timeout() {
     let start = Instant::now();
     let r = app.chat(&key, body.clone()).await;
     assert!(start.elapsed() < Duration::from_secs(5));
-    assert_eq!(r.status, 502, "{}", r.text);
-    assert_eq!(r.error_code(), "upstream_error");
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("within 500 ms"),
-        "{}",
-        r.text
-    );
+    assert_upstream_error(&r, "within 500 ms");
 
     let start = Instant::now();
     let r = app.chat_stream(&key, body).await;
