@@ -59,6 +59,12 @@ pub struct Settings {
     /// Request limits.
     #[serde(default)]
     pub limits: LimitSettings,
+    /// How long run and chat history is kept (daily usage is always kept, for billing).
+    #[serde(default)]
+    pub retention: RetentionSettings,
+    /// How instances sharing one database find runs that a stopped instance left behind.
+    #[serde(default)]
+    pub instances: InstanceSettings,
     /// Model providers by name.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
@@ -92,6 +98,9 @@ pub struct DatabaseSettings {
     /// Password for `user`; prefer `ARES_DATABASE_PASS` over writing it here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// How long one database call may take before the request answers 503 `unavailable`.
+    #[serde(default = "default_database_timeout")]
+    pub timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -112,6 +121,114 @@ pub struct QuotaSettings {
     /// Model tokens per billing period.
     #[serde(default = "default_quota_tokens")]
     pub tokens: u64,
+    /// Requests per minute per API key (bursts up to the same number); 0 is no limit.
+    #[serde(default = "default_requests_per_minute")]
+    pub requests_per_minute: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Runs and chats older than this are deleted in the background; unset keeps them forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
+    /// How often the purge looks for old history.
+    #[serde(default = "default_retention_interval")]
+    pub interval: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSettings {
+    /// How long an instance's lease lasts; it is renewed every third of it. Runs of an instance
+    /// whose lease ran out are marked `failed` (interrupted) by any other instance.
+    #[serde(default = "default_lease")]
+    pub lease: HumanDuration,
+}
+
+/// A duration written as a number and a unit: `500ms`, `30s`, `15m`, `12h`, `90d`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        HumanDuration(std::time::Duration::from_secs(s))
+    }
+
+    /// Parses `<digits><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("expected a duration such as 30s, 15m or 90d, got {text:?}"))?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            "d" => n.checked_mul(86_400_000),
+            _ => {
+                return Err(format!(
+                    "expected a duration with a unit (ms, s, m, h or d), such as 30s, got {text:?}"
+                ));
+            }
+        }
+        .ok_or_else(|| format!("the duration {text:?} is too long"))?;
+        Ok(HumanDuration(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms > 0 && ms.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HumanDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(ms|s|m|h|d)$",
+            "description": "A number and a unit: ms, s, m, h or d (e.g. 30s, 90d)."
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -188,6 +305,18 @@ fn default_quota_tokens() -> u64 {
 fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
+fn default_requests_per_minute() -> u64 {
+    1200
+}
+fn default_database_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_retention_interval() -> HumanDuration {
+    HumanDuration::secs(600)
+}
+fn default_lease() -> HumanDuration {
+    HumanDuration::secs(30)
+}
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
@@ -197,6 +326,7 @@ impl Default for DatabaseSettings {
             database: default_ares(),
             user: None,
             password: None,
+            timeout: default_database_timeout(),
         }
     }
 }
@@ -212,6 +342,22 @@ impl Default for QuotaSettings {
         QuotaSettings {
             runs: default_quota_runs(),
             tokens: default_quota_tokens(),
+            requests_per_minute: default_requests_per_minute(),
+        }
+    }
+}
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            max_age: None,
+            interval: default_retention_interval(),
+        }
+    }
+}
+impl Default for InstanceSettings {
+    fn default() -> Self {
+        InstanceSettings {
+            lease: default_lease(),
         }
     }
 }
@@ -240,11 +386,19 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ARES_DATABASE_NAME", "/database/database"),
     ("ARES_DATABASE_USER", "/database/user"),
     ("ARES_DATABASE_PASS", "/database/password"),
+    ("ARES_DATABASE_TIMEOUT", "/database/timeout"),
     ("ARES_AGENTS_DIR", "/agents_dir"),
     ("ARES_BILLING_PERIOD_START_DAY", "/billing/period_start_day"),
     ("ARES_QUOTA_RUNS", "/quotas/runs"),
     ("ARES_QUOTA_TOKENS", "/quotas/tokens"),
+    (
+        "ARES_QUOTA_REQUESTS_PER_MINUTE",
+        "/quotas/requests_per_minute",
+    ),
     ("ARES_MAX_BODY_BYTES", "/limits/max_body_bytes"),
+    ("ARES_RETENTION_MAX_AGE", "/retention/max_age"),
+    ("ARES_RETENTION_INTERVAL", "/retention/interval"),
+    ("ARES_INSTANCE_LEASE", "/instances/lease"),
     ("ARES_PROVIDERS", "/providers"),
     ("ARES_MODELS", "/models"),
 ];
@@ -254,6 +408,7 @@ fn env_kind(pointer: &str) -> EnvKind {
         "/billing/period_start_day"
         | "/quotas/runs"
         | "/quotas/tokens"
+        | "/quotas/requests_per_minute"
         | "/limits/max_body_bytes"
         | "/providers"
         | "/models" => EnvKind::Yaml,
@@ -418,6 +573,24 @@ impl Settings {
                 format!("expected a URL starting with surrealkv://, mem:// or ws://, got {url:?}"),
             ));
         }
+        let at_least = [
+            ("/database/timeout", self.database.timeout, 100),
+            ("/instances/lease", self.instances.lease, 1000),
+            ("/retention/interval", self.retention.interval, 1000),
+        ];
+        for (pointer, value, min_ms) in at_least {
+            if value.0 < std::time::Duration::from_millis(min_ms) {
+                out.push(Diagnostic::field(
+                    file,
+                    doc,
+                    pointer,
+                    format!(
+                        "expected at least {}, got {value}",
+                        HumanDuration(std::time::Duration::from_millis(min_ms))
+                    ),
+                ));
+            }
+        }
         for (name, p) in &self.providers {
             let at = yaml::push_pointer("/providers", name);
             if p.kind == ProviderKind::Openai {
@@ -512,6 +685,40 @@ mod tests {
     }
 
     #[test]
+    fn durations_have_units_and_lower_bounds() {
+        let s = load(
+            "retention: {max_age: 90d}\ninstances: {lease: 10s}\n",
+            &[("ARES_DATABASE_TIMEOUT", "1500ms")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.retention.max_age.unwrap().0,
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(s.instances.lease.0, std::time::Duration::from_secs(10));
+        assert_eq!(s.database.timeout.0, std::time::Duration::from_millis(1500));
+        assert_eq!(s.database.timeout.to_string(), "1500ms");
+        assert_eq!(HumanDuration::secs(7200).to_string(), "2h");
+        assert!(HumanDuration::parse("10").is_err());
+        assert!(HumanDuration::parse("99999999999999999999d").is_err());
+        let errs = load(
+            "instances: {lease: 10ms}\n",
+            &[("ARES_RETENTION_MAX_AGE", "soon")],
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("$ARES_RETENTION_MAX_AGE: /retention/max_age: "),
+            "{errs:?}"
+        );
+        let errs = load("instances: {lease: 10ms}\n", &[]).unwrap_err();
+        assert_eq!(
+            errs,
+            vec!["ares.yaml:1:20: /instances/lease: expected at least 1s, got 10ms"]
+        );
+    }
+
+    #[test]
     fn env_overrides_the_file() {
         let s = load(
             "listen: 0.0.0.0:1\nquotas: {runs: 5}\n",
@@ -540,7 +747,7 @@ mod tests {
             vec![
                 "$ARES_MAX_BODY_BYTES: /limits/max_body_bytes: expected an integer between 1024 and 67108864, got 12",
                 "ares.yaml:3:9: /quotas/runs: expected an integer of at least 0, got \"many\"",
-                "ares.yaml:4:1: /bogus: unknown field `bogus`; expected one of `listen`, `database`, `agents_dir`, `billing`, `quotas`, `limits`, `providers`, `models`",
+                "ares.yaml:4:1: /bogus: unknown field `bogus`; expected one of `listen`, `database`, `agents_dir`, `billing`, `quotas`, `limits`, `retention`, `instances`, `providers`, `models`",
             ]
         );
         let errs = load(
