@@ -55,6 +55,16 @@ pub enum Command {
     Tenant(TenantCommand),
     /// Print the JSON Schema of agent files (committed as contracts/agent.schema.json).
     Schema(SchemaArgs),
+    /// Verify the database's invariants (usage equals the stored runs, no run left running by
+    /// a stopped instance, counters match); exit 1 and list every violation when one fails.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -148,7 +158,51 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Serve(args) => block_on(serve(&cli.global, args)),
         Command::Tenant(cmd) => block_on(tenant(&cli.global, cmd)),
+        Command::Check(args) => block_on_code(check(&cli.global, args)),
     }
+}
+
+/// `ares check`: 0 when every invariant holds, 1 with the violations, 2 when it cannot check.
+async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let settings = settings_or_exit(global)?;
+    let report = async {
+        let store = crate::store::Store::connect(&settings.database).await?;
+        store.check(settings.billing.period_start_day).await
+    }
+    .await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot check the database: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match args.format {
+        Format::Text => {
+            for v in &report.violations {
+                println!("{v}");
+            }
+            eprintln!(
+                "{}: {} runs, {} chats, {} tenant-days, {} periods, {} agents checked; {} violations",
+                crate::store::redact_url(&settings.database.url),
+                report.runs,
+                report.chats,
+                report.tenant_days,
+                report.periods,
+                report.agents,
+                report.violations.len()
+            );
+        }
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report serializes")
+        ),
+    }
+    Ok(if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The generated spec, as committed in `openapi/`.
@@ -170,11 +224,16 @@ fn init_logs() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    block_on_code(async { f.await.map(|()| ExitCode::SUCCESS) })
+}
+
+fn block_on_code(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -187,7 +246,7 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
         }
     };
     match runtime.block_on(f) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -230,6 +289,7 @@ async fn tenant(global: &GlobalArgs, cmd: TenantCommand) -> anyhow::Result<()> {
                 name.as_deref(),
                 quota_runs,
                 quota_tokens,
+                None,
             )
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;

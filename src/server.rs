@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -60,12 +61,14 @@ impl Application {
             settings: Arc::clone(&settings),
             meter: Meter::default(),
             tool_calls: Default::default(),
+            ops: Default::default(),
         });
         Ok(Application {
             app: Arc::new(App {
                 engine,
                 settings,
                 metrics: Arc::new(Metrics::default()),
+                limiter: Default::default(),
             }),
         })
     }
@@ -103,6 +106,18 @@ impl Application {
                 }
             })
         };
+        engine
+            .store
+            .renew_lease(self.app.settings.instances.lease.0)
+            .await
+            .context("recording this instance in the database")?;
+        let keeper = tokio::spawn(keep_lease(Arc::clone(&engine)));
+        let purger = self
+            .app
+            .settings
+            .retention
+            .max_age
+            .map(|age| tokio::spawn(purge_history(Arc::clone(&engine), age.0)));
         // Small writes (SSE events) must not wait for the peer's delayed ACK (Nagle): accepted
         // connections inherit TCP_NODELAY from the listening socket on Linux.
         if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
@@ -120,8 +135,76 @@ impl Application {
             .await?;
         let _ = stop_flusher.send(());
         let _ = flusher.await;
+        if let Some(purger) = purger {
+            purger.abort();
+        }
+        // Runs whose records wait for the database keep the lease; once they are stored (or
+        // the grace is over) the instance leaves, and whatever is left is failed as interrupted.
+        let deadline = tokio::time::Instant::now() + GRACE;
+        while engine.ops.pending_records.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        keeper.abort();
+        if let Err(e) = engine.store.retire().await {
+            tracing::warn!(error = %e, "removing this instance's record failed; its lease will run out");
+        }
         tracing::info!("ares stopped");
         Ok(())
+    }
+}
+
+/// Renews this instance's lease every third of it, and fails the runs of instances whose lease
+/// ran out (killed, or cut off from the database) as interrupted.
+async fn keep_lease(engine: Arc<Engine>) {
+    let lease = engine.settings.instances.lease.0;
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = engine.store.renew_lease(lease).await {
+            tracing::warn!(error = %e, "renewing this instance's lease failed; will retry");
+            continue;
+        }
+        match engine
+            .store
+            .reap_interrupted(engine.settings.billing.period_start_day)
+            .await
+        {
+            Ok(r) => {
+                engine
+                    .ops
+                    .interrupted_runs
+                    .fetch_add(r.runs, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for interrupted runs failed; will retry"),
+        }
+    }
+}
+
+/// Deletes run and chat history older than `max_age`, every `retention.interval`, in small
+/// transactions beside the requests.
+async fn purge_history(engine: Arc<Engine>, max_age: Duration) {
+    let mut tick = tokio::time::interval(engine.settings.retention.interval.0);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(age) = chrono::Duration::from_std(max_age) else {
+            return;
+        };
+        let cutoff = chrono::Utc::now() - age;
+        match engine.store.purge_before(cutoff).await {
+            Ok(p) if p.runs + p.chats > 0 => {
+                engine
+                    .ops
+                    .purged
+                    .fetch_add(p.runs + p.chats, Ordering::Relaxed);
+                tracing::info!(runs = p.runs, chats = p.chats, %cutoff, "history purged");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging old history failed; will retry"),
+        }
     }
 }
 

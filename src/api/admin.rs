@@ -32,6 +32,10 @@ pub struct TenantInfo {
     pub quota_runs: u64,
     /// Tokens allowed per billing period.
     pub quota_tokens: u64,
+    /// Requests per minute allowed to each of the tenant's API keys (0: no limit); `null`
+    /// takes the deployment's default.
+    #[oai(nullable)]
+    pub rate_limit_per_minute: Option<u64>,
     /// When the tenant was created.
     pub created_at: Timestamp,
 }
@@ -43,6 +47,7 @@ impl From<Tenant> for TenantInfo {
             name: t.name,
             quota_runs: t.quota_runs,
             quota_tokens: t.quota_tokens,
+            rate_limit_per_minute: t.rate_limit,
             created_at: t.created_at.into(),
         }
     }
@@ -62,6 +67,9 @@ pub struct CreateTenantRequest {
     /// Tokens per billing period; the deployment's default when omitted.
     #[oai(nullable)]
     pub quota_tokens: Option<u64>,
+    /// Requests per minute per API key (0: no limit); the deployment's default when omitted.
+    #[oai(nullable)]
+    pub rate_limit_per_minute: Option<u64>,
 }
 
 /// The new tenant and its first API key.
@@ -84,6 +92,9 @@ pub struct UpdateTenantRequest {
     /// New tokens per billing period.
     #[oai(nullable)]
     pub quota_tokens: Option<u64>,
+    /// New requests per minute per API key (0: no limit).
+    #[oai(nullable)]
+    pub rate_limit_per_minute: Option<u64>,
 }
 
 /// All tenants.
@@ -150,6 +161,7 @@ pub async fn provision(
     name: Option<&str>,
     quota_runs: Option<u64>,
     quota_tokens: Option<u64>,
+    rate_limit: Option<u64>,
 ) -> Result<CreatedTenant, ApiError> {
     if !is_valid_name(slug) {
         return Err(ApiError::validation(format!(
@@ -164,6 +176,7 @@ pub async fn provision(
             name.unwrap_or(slug),
             quota_runs.unwrap_or(q.runs),
             quota_tokens.unwrap_or(q.tokens),
+            rate_limit,
         )
         .await?
         .ok_or_else(|| {
@@ -201,6 +214,7 @@ impl AdminApi {
             b.name.as_deref(),
             b.quota_runs,
             b.quota_tokens,
+            b.rate_limit_per_minute,
         )
         .await
         {
@@ -245,6 +259,7 @@ impl AdminApi {
             name: body.0.name,
             quota_runs: body.0.quota_runs,
             quota_tokens: body.0.quota_tokens,
+            rate_limit: body.0.rate_limit_per_minute,
         };
         match app.engine.store.update_tenant(&slug.0, &patch).await {
             Ok(Some(t)) => UpdateTenantResponse::Ok(Json(t.into())),

@@ -266,6 +266,7 @@ responses! {
             Unauthorized = 401: "Missing or invalid API key.",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { RateLimited: "The API key sent more requests than its per-minute limit (`rate_limited`); retry after `Retry-After` seconds." }
     }
 }
 
@@ -280,6 +281,7 @@ responses! {
             NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { RateLimited: "The API key sent more requests than its per-minute limit (`rate_limited`); retry after `Retry-After` seconds." }
     }
 }
 
@@ -297,9 +299,9 @@ responses! {
             TooLarge = 413: "The body is larger than the configured limit.",
             UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Invalid = 422: "The input does not satisfy the agent's input rules; the message names the field.",
-            QuotaExceeded = 429: "The tenant's run or token quota for this period is used up.",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { QuotaExceeded: "The tenant's run or token quota for this period is used up (`quota_exceeded`), or the API key sent more requests than its per-minute limit (`rate_limited`, with `Retry-After`)." }
     }
 }
 
@@ -315,6 +317,7 @@ responses! {
             NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { RateLimited: "The API key sent more requests than its per-minute limit (`rate_limited`); retry after `Retry-After` seconds." }
     }
 }
 
@@ -490,10 +493,14 @@ impl AgentsApi {
             Ok(s) => s,
             Err(e) => return ApiError::from(e).into(),
         };
-        // Every run started is listed (one in flight shows as `running`).
-        let total = states.first().map_or(0, |s| s.run_seq);
+        let Some(state) = states.first() else {
+            return ApiError::internal().into();
+        };
+        // Every run started is listed (one in flight shows as `running`), but for those
+        // retention deleted.
+        let total = state.run_seq.saturating_sub(state.purged_seq);
         match store
-            .runs(&id, total, page.offset() as u64, u64::from(page.per_page))
+            .runs(&id, state, page.offset() as u64, u64::from(page.per_page))
             .await
         {
             Ok(runs) => ListRunsResponse::Ok(Json(RunList {

@@ -36,6 +36,16 @@ async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
         .await
         .map_err(ApiError::from)?
         .ok_or_else(ApiError::unauthorized)?;
+    let per_minute = tenant
+        .rate_limit
+        .unwrap_or(app.settings.quotas.requests_per_minute);
+    if let Err(wait) = app
+        .limiter
+        .take(&auth.key_id, per_minute, std::time::Instant::now())
+    {
+        app.metrics.rate_limited();
+        return Err(ApiError::rate_limited(per_minute, wait).into());
+    }
     app.engine
         .meter
         .count(&tenant.slug, &auth.key_id, Utc::now());

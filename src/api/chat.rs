@@ -106,10 +106,10 @@ responses! {
             TooLarge = 413: "The body is larger than the configured limit.",
             UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Invalid = 422: "Unknown model or agent_type, or neither given; the message names the field.",
-            QuotaExceeded = 429: "The tenant's token quota for this period is used up.",
             Upstream = 502: "The model provider failed (`upstream_error`).",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { QuotaExceeded: "The tenant's token quota for this period is used up (`quota_exceeded`), or the API key sent more requests than its per-minute limit (`rate_limited`, with `Retry-After`)." }
     }
 }
 
@@ -125,9 +125,9 @@ responses! {
             TooLarge = 413: "The body is larger than the configured limit.",
             UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Invalid = 422: "Unknown model or agent_type, or neither given; the message names the field.",
-            QuotaExceeded = 429: "The tenant's token quota for this period is used up.",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { QuotaExceeded: "The tenant's token quota for this period is used up (`quota_exceeded`), or the API key sent more requests than its per-minute limit (`rate_limited`, with `Retry-After`)." }
     }
 }
 

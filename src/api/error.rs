@@ -69,6 +69,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         "The tenant has used its run or token quota for the current billing period.",
     ),
     (
+        "rate_limited",
+        429,
+        "The API key sent more requests than its tenant's per-minute limit; retry after the `Retry-After` header's seconds.",
+    ),
+    (
         "upstream_error",
         502,
         "The model provider failed or answered with an error (chat); runs record this as a failed run instead.",
@@ -121,6 +126,8 @@ pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which a refused request may be sent again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -134,6 +141,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -163,6 +171,17 @@ impl ApiError {
     }
     pub fn unavailable() -> Self {
         ApiError::new("unavailable", "the database is unavailable; retry later")
+    }
+    pub fn rate_limited(per_minute: u64, retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                "rate_limited",
+                format!(
+                    "this API key is limited to {per_minute} requests per minute; retry after {retry_after} s"
+                ),
+            )
+        }
     }
 
     /// The body, carrying the id of the request being answered.
@@ -211,10 +230,13 @@ impl From<crate::store::StoreError> for ApiError {
 /// Declares one operation's response enum: its success variants, the error statuses it can
 /// answer with (each with the error body), and a 500; and converts [`ApiError`] into it.
 /// Every status an operation can return thus appears in the spec.
+/// An optional `throttled { Variant: "doc" }` adds the operation's 429, which carries a
+/// `Retry-After` header when the refusal has a known end.
 macro_rules! responses {
     ($(#[$meta:meta])* $name:ident {
         ok { $($(#[$okmeta:meta])* $ok:ident $(($okty:ty))? = $okstatus:literal,)+ }
         errors { $($err:ident = $status:literal: $doc:literal,)* }
+        $(throttled { $thr:ident: $thrdoc:literal })?
     }) => {
         $(#[$meta])*
         #[derive(poem_openapi::ApiResponse)]
@@ -226,6 +248,15 @@ macro_rules! responses {
                 #[oai(status = $status)]
                 $err(poem_openapi::payload::Json<$crate::api::error::ErrorBody>),
             )*
+            $(
+                #[doc = $thrdoc]
+                #[oai(status = 429)]
+                $thr(
+                    poem_openapi::payload::Json<$crate::api::error::ErrorBody>,
+                    /// Seconds to wait before sending the request again.
+                    #[oai(header = "Retry-After")] Option<u64>,
+                ),
+            )?
             /// Internal failure; the cause is logged under the request id.
             #[oai(status = 500)]
             Internal(poem_openapi::payload::Json<$crate::api::error::ErrorBody>),
@@ -234,6 +265,11 @@ macro_rules! responses {
         impl From<$crate::api::error::ApiError> for $name {
             fn from(e: $crate::api::error::ApiError) -> Self {
                 let body = poem_openapi::payload::Json(e.body());
+                $(
+                    if e.status == 429 {
+                        return $name::$thr(body, e.retry_after);
+                    }
+                )?
                 match e.status {
                     $($status => $name::$err(body),)*
                     _ => $name::Internal(body),
@@ -247,7 +283,12 @@ pub(crate) use responses;
 impl poem::IntoResponse for ApiError {
     fn into_response(self) -> poem::Response {
         let status = self.status_code();
-        Json(self.body()).with_status(status).into_response()
+        let mut resp = Json(self.body()).with_status(status).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(poem::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

@@ -87,6 +87,7 @@ responses! {
             Unauthorized = 401: "Missing or invalid API key.",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { RateLimited: "The API key sent more requests than its per-minute limit (`rate_limited`); retry after `Retry-After` seconds." }
     }
 }
 
@@ -103,6 +104,7 @@ responses! {
             UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { RateLimited: "The API key sent more requests than its per-minute limit (`rate_limited`); retry after `Retry-After` seconds." }
     }
 }
 
@@ -117,6 +119,7 @@ responses! {
             NotFound = 404: "No live key with that id in this tenant (`api_key_not_found`).",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { RateLimited: "The API key sent more requests than its per-minute limit (`rate_limited`); retry after `Retry-After` seconds." }
     }
 }
 

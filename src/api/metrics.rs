@@ -26,7 +26,11 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     runs: Mutex<BTreeMap<String, u64>>,
     tokens: AtomicU64,
+    rate_limited: AtomicU64,
 }
+
+/// One more sample to expose: name, type (`counter` or `gauge`), help, value.
+pub type Sample = (&'static str, &'static str, &'static str, u64);
 
 /// A route's label: the path with ids replaced by their parameter names, so labels stay few.
 pub fn route_label(path: &str) -> String {
@@ -114,9 +118,26 @@ impl Metrics {
         self.tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition, with the engine's tool-call counts.
-    pub fn render(&self, tool_calls: &[((String, &'static str), u64)]) -> String {
+    /// Counts a request refused by its key's rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition, with the engine's tool-call counts and `extra` samples.
+    pub fn render(&self, tool_calls: &[((String, &'static str), u64)], extra: &[Sample]) -> String {
         let mut out = String::new();
+        let rate_limited: Sample = (
+            "ares_rate_limited_total",
+            "counter",
+            "Requests refused because their API key exceeded its rate limit.",
+            self.rate_limited.load(Ordering::Relaxed),
+        );
+        for (name, kind, help, value) in extra.iter().chain([&rate_limited]) {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         out.push_str(
             "# HELP ares_http_requests_total HTTP requests by route, method and status.\n",
         );
@@ -239,7 +260,18 @@ mod tests {
         let m = Metrics::default();
         m.record_request("/v1/usage".into(), "GET", 200, 0.002);
         m.record_run("completed", 10);
-        let text = m.render(&[(("calculator".to_string(), "ok"), 2)]);
+        m.rate_limited();
+        let text = m.render(
+            &[(("calculator".to_string(), "ok"), 2)],
+            &[(
+                "ares_database_up",
+                "gauge",
+                "Whether the database answers.",
+                1,
+            )],
+        );
+        assert!(text.contains("# TYPE ares_database_up gauge\nares_database_up 1\n"));
+        assert!(text.contains("ares_rate_limited_total 1\n"));
         assert!(text.contains(
             "ares_http_requests_total{route=\"/v1/usage\",method=\"GET\",status=\"200\"} 1"
         ));

@@ -11,6 +11,7 @@ pub mod error;
 pub mod json_object;
 pub mod keys;
 pub mod metrics;
+pub mod rate_limit;
 pub mod request_id;
 pub mod usage;
 pub mod wire;
@@ -32,6 +33,7 @@ pub struct App {
     pub engine: Arc<Engine>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    pub limiter: rate_limit::RateLimiter,
 }
 
 #[derive(Tags)]
@@ -157,6 +159,7 @@ fn to_api_error(err: poem::Error, admin: bool) -> ApiError {
             ApiError::internal()
         }
         s => ApiError {
+            retry_after: None,
             status: s.as_u16(),
             code: "invalid_request",
             message: err.to_string(),
@@ -185,11 +188,46 @@ async fn readyz(app: Data<&Arc<App>>) -> Response {
     }
 }
 
+/// The instance's reliability figures, for `/metrics`.
+fn ops_samples(engine: &crate::engine::Engine) -> [metrics::Sample; 4] {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ops = &engine.ops;
+    [
+        (
+            "ares_database_up",
+            "gauge",
+            "1 while the database answers, 0 while this instance finds it unreachable.",
+            u64::from(engine.store.is_up()),
+        ),
+        (
+            "ares_run_records_pending",
+            "gauge",
+            "Finished runs whose records wait for the database to return.",
+            ops.pending_records.load(Relaxed),
+        ),
+        (
+            "ares_runs_interrupted_total",
+            "counter",
+            "Runs of stopped instances that this instance failed as interrupted.",
+            ops.interrupted_runs.load(Relaxed),
+        ),
+        (
+            "ares_history_purged_total",
+            "counter",
+            "Runs and chats deleted by retention.",
+            ops.purged.load(Relaxed),
+        ),
+    ]
+}
+
 #[handler]
 fn metrics_text(app: Data<&Arc<App>>) -> Response {
     Response::builder()
         .content_type("text/plain; version=0.0.4")
-        .body(app.metrics.render(&app.engine.tool_calls.snapshot()))
+        .body(
+            app.metrics
+                .render(&app.engine.tool_calls.snapshot(), &ops_samples(&app.engine)),
+        )
 }
 
 /// The API reference page (ReDoc, served from the binary), without the web fonts it would

@@ -58,6 +58,7 @@ responses! {
             Unauthorized = 401: "Missing or invalid API key.",
             Unavailable = 503: "The database is unavailable.",
         }
+        throttled { RateLimited: "The API key sent more requests than its per-minute limit (`rate_limited`); retry after `Retry-After` seconds." }
     }
 }
 

@@ -87,6 +87,18 @@ pub struct Engine {
     pub settings: Arc<Settings>,
     pub meter: Meter,
     pub tool_calls: ToolCalls,
+    pub ops: OpsCounters,
+}
+
+/// What the background work of an instance did, for metrics.
+#[derive(Default)]
+pub struct OpsCounters {
+    /// Final run states waiting for the database to return.
+    pub pending_records: Arc<std::sync::atomic::AtomicU64>,
+    /// Runs of stopped instances this one failed as interrupted.
+    pub interrupted_runs: std::sync::atomic::AtomicU64,
+    /// Runs and chats deleted by retention.
+    pub purged: std::sync::atomic::AtomicU64,
 }
 
 /// Tool calls made so far, by tool and outcome (`ok` or `error`), for metrics.
@@ -255,8 +267,59 @@ impl Engine {
         if let Some(e) = &run.error {
             tracing::warn!(agent = name, run = %run.id, error = %e, "run failed");
         }
-        self.store.finish_run(&reservation, &run).await?;
+        match self.store.finish_run(&reservation, &run).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(run = %run.id, "the run was already final in the database; its outcome was not stored again")
+            }
+            // The model work is done and paid for: answer it, and store it when the database
+            // is back rather than lose it.
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(run = %run.id, error = %e, "the database is unavailable; the run's record will be stored when it returns");
+                let (store, run) = (self.store.clone(), run.clone());
+                self.store_later(format!("run {}", run.id), move || {
+                    let (store, reservation, run) =
+                        (store.clone(), reservation.clone(), run.clone());
+                    Box::pin(async move { store.finish_run(&reservation, &run).await.map(|_| ()) })
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         Ok(run)
+    }
+
+    /// Retries an idempotent write in the background while the database is away (a run's
+    /// final state, a chat's usage). If this instance stops first, a run is failed as
+    /// interrupted by the next instance.
+    fn store_later<F>(&self, what: String, write: F)
+    where
+        F: Fn() -> futures_util::future::BoxFuture<'static, Result<(), StoreError>>
+            + Send
+            + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let pending = Arc::clone(&self.ops.pending_records);
+        pending.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(wait).await;
+                match write().await {
+                    Ok(()) => {
+                        tracing::info!("the record of {what} is stored");
+                        break;
+                    }
+                    Err(StoreError::Unavailable(_)) => {
+                        wait = (wait * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing the record of {what} failed");
+                        break;
+                    }
+                }
+            }
+            pending.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// The model work of a run: the tool loop, then the output checked against the agent's
@@ -451,8 +514,25 @@ impl Engine {
             tokens_used: out.tokens_used,
             created_at: Utc::now(),
         };
-        self.store.record_chat(&record, &period).await?;
+        self.save_chat(record, period).await?;
         Ok(Ok(out))
+    }
+
+    /// Records a chat's usage; while the database is away, in the background (the chat
+    /// happened and its tokens are the tenant's).
+    async fn save_chat(&self, record: ChatRecord, period: Period) -> Result<(), StoreError> {
+        match self.store.record_chat(&record, &period).await {
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(chat = %record.id, error = %e, "the database is unavailable; the chat's usage will be stored when it returns");
+                let store = self.store.clone();
+                self.store_later(format!("chat {}", record.id), move || {
+                    let (store, record) = (store.clone(), record.clone());
+                    Box::pin(async move { store.record_chat(&record, &period).await })
+                });
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn record(
@@ -471,7 +551,7 @@ impl Engine {
             tokens_used: tokens,
             created_at: Utc::now(),
         };
-        self.store.record_chat(&record, period).await
+        self.save_chat(record, *period).await
     }
 
     /// A streamed chat. A task drives the provider and forwards each piece; it stops (and

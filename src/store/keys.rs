@@ -112,7 +112,7 @@ impl Store {
     /// The key and tenant a secret authenticates, when the key exists, is not revoked and has
     /// not expired: one indexed lookup, fetching the tenant in the same statement.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<(KeyAuth, super::Tenant)>> {
-        let sql = "SELECT key_id, type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, created_at} AS tenant \
+        let sql = "SELECT key_id, type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, rate_limit, created_at} AS tenant \
                    FROM api_key WHERE hash = $hash AND revoked_at = NONE \
                    AND (expires_at = NONE OR expires_at > time::now()) LIMIT 1";
         let rows: Vec<serde_json::Value> = self

@@ -5,9 +5,10 @@ use serde_json::json;
 use super::{Result, Store};
 
 /// Every migration, in order. Never edit a released one: add the next version.
-pub const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        r#"
 DEFINE TABLE IF NOT EXISTS tenant SCHEMAFULL;
 DEFINE FIELD IF NOT EXISTS slug ON tenant TYPE string;
 DEFINE FIELD IF NOT EXISTS name ON tenant TYPE string;
@@ -76,7 +77,35 @@ DEFINE FIELD IF NOT EXISTS runs ON usage_daily TYPE int DEFAULT 0;
 DEFINE FIELD IF NOT EXISTS tokens ON usage_daily TYPE int DEFAULT 0;
 DEFINE FIELD IF NOT EXISTS api_calls ON usage_daily TYPE int DEFAULT 0;
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Instances hold a lease they renew; the runs of an instance whose lease ran out are failed
+-- as interrupted by whichever instance notices first.
+DEFINE TABLE IF NOT EXISTS instance SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS host ON instance TYPE string;
+DEFINE FIELD IF NOT EXISTS pid ON instance TYPE int;
+DEFINE FIELD IF NOT EXISTS started_at ON instance TYPE datetime;
+DEFINE FIELD IF NOT EXISTS lease_until ON instance TYPE datetime;
+DEFINE FIELD IF NOT EXISTS instance ON run TYPE option<string>;
+-- Set on a run failed as interrupted, so that its instance, if it was alive after all, can
+-- still store the real outcome once (see Store::finish_run).
+DEFINE FIELD IF NOT EXISTS reaped ON run TYPE option<bool>;
+
+-- Per-key request rate of a tenant (requests per minute, 0 = none); NONE takes the server's.
+DEFINE FIELD IF NOT EXISTS rate_limit ON tenant TYPE option<int>;
+
+-- Retention deletes runs and chats by age; `retention:horizon` records the newest cutoff, so
+-- checks know which days still have all their runs.
+DEFINE INDEX IF NOT EXISTS run_started ON run FIELDS started_at;
+DEFINE INDEX IF NOT EXISTS chat_created ON chat FIELDS created_at;
+DEFINE FIELD IF NOT EXISTS purged_seq ON agent_state TYPE int DEFAULT 0;
+DEFINE TABLE IF NOT EXISTS retention SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS before ON retention TYPE datetime;
+"#,
+    ),
+];
 
 /// Applies every migration not yet recorded in the `migration` table.
 pub async fn apply(store: &Store) -> Result<()> {
@@ -102,7 +131,20 @@ pub async fn apply(store: &Store) -> Result<()> {
         let script = format!(
             "BEGIN; {sql}; CREATE type::record('migration', $v) SET version = $v, applied_at = time::now(); COMMIT;"
         );
-        store.run(&script, json!({"v": version})).await?;
+        if let Err(e) = store.run_retrying(&script, json!({"v": version})).await {
+            // Instances starting together race to apply a version; the loser finds it applied.
+            let done: Vec<serde_json::Value> = store
+                .rows(
+                    "SELECT version FROM type::record('migration', $v)",
+                    json!({"v": version}),
+                    0,
+                )
+                .await?;
+            if done.is_empty() {
+                return Err(e);
+            }
+            continue;
+        }
         tracing::info!(version, "database migration applied");
     }
     Ok(())

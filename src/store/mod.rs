@@ -3,12 +3,17 @@
 //! The only module that speaks SurrealQL. One `Surreal<Any>` handle; the URL picks the engine
 //! (`surrealkv://` embedded on disk, `mem://`, `ws://` for a SurrealDB server).
 
+mod check;
+mod instances;
 mod keys;
 mod migrations;
+mod retention;
 mod runs;
 mod tenants;
 mod usage;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -18,7 +23,10 @@ use surrealdb::engine::any::Any;
 
 use crate::config::DatabaseSettings;
 
+pub use check::{CheckReport, Violation};
+pub use instances::{INTERRUPTED, Reaped};
 pub use keys::{ApiKey, KeyAuth, NewKey, generate_secret, hash_secret, key_prefix};
+pub use retention::Purged;
 pub use runs::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus};
 pub use tenants::{Tenant, TenantPatch};
 pub use usage::{DayUsage, Period, Usage};
@@ -39,8 +47,8 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// How long one database call may take before the request gives up with `unavailable`.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a store that lost its database checks whether it is back.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 fn classify(e: surrealdb::Error) -> StoreError {
     if e.is_connection() {
@@ -54,6 +62,19 @@ fn classify(e: surrealdb::Error) -> StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Surreal<Any>,
+    /// This process's id among the instances sharing the database (recorded on its runs).
+    instance: Arc<str>,
+    /// How long one database call may take before it counts as `unavailable`.
+    timeout: Duration,
+    health: Arc<Health>,
+}
+
+/// Whether the database answers. Once a call finds it unreachable, calls fail at once (503)
+/// instead of each waiting for the timeout, while one probe checks for its return.
+#[derive(Default)]
+struct Health {
+    down: AtomicBool,
+    probing: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -63,40 +84,89 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects, signs in when credentials are set, selects namespace and database, and
-    /// applies pending migrations.
+    /// Connects, signs in when credentials are set (in the settings or the URL's
+    /// `user:pass@`), selects namespace and database, and applies pending migrations.
     #[tracing::instrument(skip(settings), fields(url = %redact_url(&settings.url)))]
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store> {
-        let db = surrealdb::engine::any::connect(settings.url.as_str())
+        let (url, from_url) = split_credentials(&settings.url);
+        let db = surrealdb::engine::any::connect(url.as_str())
             .await
             .map_err(classify)?;
-        if let (Some(user), Some(pass)) = (&settings.user, &settings.password) {
-            db.signin(surrealdb::opt::auth::Root {
-                username: user.clone(),
-                password: pass.expose().to_string(),
-            })
-            .await
-            .map_err(classify)?;
+        let credentials = match (&settings.user, &settings.password) {
+            (Some(user), Some(pass)) => Some((user.clone(), pass.expose().to_string())),
+            _ => from_url,
+        };
+        if let Some((username, password)) = credentials {
+            db.signin(surrealdb::opt::auth::Root { username, password })
+                .await
+                .map_err(classify)?;
         }
         db.use_ns(settings.namespace.as_str())
             .use_db(settings.database.as_str())
             .await
             .map_err(classify)?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            instance: uuid::Uuid::now_v7().to_string().into(),
+            timeout: settings.timeout.0,
+            health: Arc::default(),
+        };
         migrations::apply(&store).await?;
         Ok(store)
     }
 
-    /// Whether the database answers a trivial query.
+    /// This process's instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Whether the database answers a trivial query now. `false` at once while the store
+    /// knows it is unreachable.
     pub async fn ping(&self) -> bool {
+        !self.health.down.load(Ordering::Relaxed) && Self::answers(&self.db).await
+    }
+
+    async fn answers(db: &Surreal<Any>) -> bool {
         matches!(
-            tokio::time::timeout(Duration::from_secs(2), self.db.query("RETURN 1")).await,
+            tokio::time::timeout(Duration::from_secs(2), db.query("RETURN 1")).await,
             Ok(Ok(_))
         )
     }
 
+    /// Whether the store currently takes the database to be reachable (no query is made).
+    pub fn is_up(&self) -> bool {
+        !self.health.down.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the database is unreachable and starts the probe that notes its return.
+    fn mark_down(&self) {
+        if !self.health.down.swap(true, Ordering::SeqCst) {
+            tracing::error!("database unreachable; answering 503 until it is back");
+        }
+        if self.health.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (db, health) = (self.db.clone(), Arc::clone(&self.health));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                if Self::answers(&db).await {
+                    health.down.store(false, Ordering::SeqCst);
+                    health.probing.store(false, Ordering::SeqCst);
+                    tracing::info!("database reachable again");
+                    return;
+                }
+            }
+        });
+    }
+
     /// Runs a query with bound variables and returns every statement's rows as JSON.
     async fn run(&self, sql: &str, vars: Value) -> Result<Vec<Vec<Value>>> {
+        if self.health.down.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "the database is unreachable; waiting for it to return".into(),
+            ));
+        }
         let call = async {
             let mut response = self.db.query(sql).bind(vars).await.map_err(classify)?;
             let n = response.num_statements();
@@ -136,13 +206,17 @@ impl Store {
                 .unwrap_or(0);
             Err(classify(errors.swap_remove(cause)))
         };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} s",
-                CALL_TIMEOUT.as_secs()
+                "no answer within {} ms",
+                self.timeout.as_millis()
             ))),
+        };
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            self.mark_down();
         }
+        result
     }
 
     /// The rows of statement `index`, decoded.
@@ -187,6 +261,50 @@ pub fn keys_prefix() -> &'static str {
     keys::SECRET_PREFIX
 }
 
+/// A URL without its `user:pass@` part, and those credentials (percent-decoded) when present.
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return (url.to_string(), None);
+    };
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    let Some(at) = url[scheme_end..authority_end]
+        .rfind('@')
+        .map(|i| scheme_end + i)
+    else {
+        return (url.to_string(), None);
+    };
+    let userinfo = &url[scheme_end..at];
+    let stripped = format!("{}{}", &url[..scheme_end], &url[at + 1..]);
+    let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    (stripped, Some((percent_decode(user), percent_decode(pass))))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A database URL without its password, for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -194,5 +312,30 @@ pub fn redact_url(url: &str) -> String {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        assert_eq!(
+            split_credentials("ws://ares:p%40ss@127.0.0.1:8000"),
+            (
+                "ws://127.0.0.1:8000".to_string(),
+                Some(("ares".to_string(), "p@ss".to_string()))
+            )
+        );
+        assert_eq!(
+            split_credentials("ws://127.0.0.1:8000/rpc"),
+            ("ws://127.0.0.1:8000/rpc".to_string(), None)
+        );
+        assert_eq!(
+            split_credentials("surrealkv://data"),
+            ("surrealkv://data".to_string(), None)
+        );
+        assert_eq!(redact_url("ws://ares:secret@h:1"), "ws://***@h:1");
     }
 }

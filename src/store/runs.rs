@@ -69,6 +69,9 @@ pub struct AgentState {
     /// Runs started (the last run's `seq`).
     #[serde(default)]
     pub run_seq: u64,
+    /// Runs numbered up to this one were deleted by retention.
+    #[serde(default)]
+    pub purged_seq: u64,
 }
 
 /// A run slot taken from a tenant's quota for one period; settled by [`Store::finish_run`].
@@ -80,7 +83,7 @@ pub struct Reservation {
     pub date: String,
 }
 
-fn reservation(tenant: &str, period: &Period, at: DateTime<Utc>) -> Reservation {
+pub(super) fn reservation(tenant: &str, period: &Period, at: DateTime<Utc>) -> Reservation {
     let date = at.date_naive().to_string();
     Reservation {
         tenant: tenant.to_string(),
@@ -154,12 +157,12 @@ impl Store {
               created_at = created_at ?? time::now(), run_seq += 1 RETURN run_seq)[0].run_seq } ELSE { NONE }; \
             IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
               tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
-              started_at: <datetime>$r.started_at, tokens_used: 0 } RETURN NONE; }; \
+              started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance } RETURN NONE; }; \
             RETURN $seq; \
             COMMIT;";
         let vars = json!({
             "r": &*run, "key": r.period_key, "start": period.start.date_naive().to_string(),
-            "qr": quota_runs, "qt": quota_tokens,
+            "qr": quota_runs, "qt": quota_tokens, "instance": &*self.instance,
         });
         let out = self.run_retrying(sql, vars).await?;
         // The last statement's value: the run's number, or nothing when the quota refused.
@@ -174,37 +177,57 @@ impl Store {
     }
 
     /// Stores the final state of a run and, in the same transaction, settles its reservation
-    /// and updates usage and the agent's counters.
+    /// and updates usage and the agent's counters. Idempotent: only a `running` run is settled,
+    /// so a retried call never counts twice. A run that another instance already failed as
+    /// interrupted (its lease ran out while this one was cut off from the database) gets its
+    /// real outcome and tokens, once. `false` when there was nothing to settle.
     #[tracing::instrument(skip(self, run, reservation), fields(run = %run.id))]
-    pub async fn finish_run(&self, reservation: &Reservation, run: &RunRecord) -> Result<()> {
+    pub async fn finish_run(&self, reservation: &Reservation, run: &RunRecord) -> Result<bool> {
         let sql = "BEGIN; \
-            UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, output = $r.output ?? NONE, \
+            LET $rec = type::record('run', [$r.agent_id, $r.seq]); \
+            LET $was = $rec.{status, reaped}; \
+            LET $settle = $was.status = 'running'; \
+            LET $amend = $was.status = 'failed' AND $was.reaped = true; \
+            IF $settle OR $amend { UPDATE $rec SET status = $r.status, output = $r.output ?? NONE, \
               error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE), \
-              duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used; \
-            UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used; \
-            UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used; \
-            UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
-              created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
-              last_run = <datetime>$r.started_at; \
+              duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used, reaped = NONE; }; \
+            IF $settle { UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used; }; \
+            IF $amend { UPDATE type::record('usage_period', $period) SET tokens += $r.tokens_used; }; \
+            IF $settle OR $amend { UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, \
+              runs += IF $settle { 1 } ELSE { 0 }, tokens += $r.tokens_used; \
+              UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
+              created_at = created_at ?? time::now(), total_runs += IF $settle { 1 } ELSE { 0 }, \
+              completed_runs += $completed, last_run = <datetime>$r.started_at; }; \
+            RETURN $settle OR $amend; \
             COMMIT;";
         let vars = json!({
             "r": run, "period": reservation.period_key, "day": reservation.day_key,
             "tenant": reservation.tenant, "date": reservation.date,
             "completed": u64::from(run.status == RunStatus::Completed),
         });
-        self.run_retrying(sql, vars).await?;
-        Ok(())
+        let out = self.run_retrying(sql, vars).await?;
+        Ok(out
+            .iter()
+            .rev()
+            .find_map(|rows| match rows.as_slice() {
+                [Value::Bool(b)] => Some(*b),
+                _ => None,
+            })
+            .unwrap_or(false))
     }
 
-    /// Stores a finished chat and adds its tokens to usage, in one transaction.
+    /// Stores a finished chat and adds its tokens to usage, in one transaction. Idempotent: a
+    /// chat already stored is not counted again.
     #[tracing::instrument(skip(self, chat, period), fields(chat = %chat.id))]
     pub async fn record_chat(&self, chat: &ChatRecord, period: &Period) -> Result<()> {
         let r = reservation(&chat.tenant, period, chat.created_at);
         let sql = "BEGIN; \
+            IF !record::exists(type::record('chat', $c.id)) { \
             CREATE type::record('chat', $c.id) CONTENT { tenant: $c.tenant, model: $c.model, \
               finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at }; \
             UPSERT type::record('usage_period', $period) SET tenant = $c.tenant, start = $start, tokens += $c.tokens_used; \
             UPSERT type::record('usage_daily', $day) SET tenant = $c.tenant, date = $date, tokens += $c.tokens_used; \
+            }; \
             COMMIT;";
         let vars = json!({
             "c": chat, "period": r.period_key, "day": r.day_key, "date": r.date,
@@ -214,18 +237,19 @@ impl Store {
         Ok(())
     }
 
-    /// A page of one agent's runs, newest first: the runs numbered `run_seq - offset` down,
-    /// fetched by record id — a page costs the same whatever the length of the history.
-    #[tracing::instrument(skip(self))]
+    /// A page of one agent's runs, newest first: the runs numbered `state.run_seq - offset`
+    /// down (not below those retention deleted), fetched by record id — a page costs the same
+    /// whatever the length of the history.
+    #[tracing::instrument(skip(self, state))]
     pub async fn runs(
         &self,
         agent_id: &str,
-        run_seq: u64,
+        state: &AgentState,
         offset: u64,
         limit: u64,
     ) -> Result<Vec<RunRecord>> {
-        let hi = run_seq.saturating_sub(offset);
-        let lo = hi.saturating_sub(limit);
+        let hi = state.run_seq.saturating_sub(offset);
+        let lo = hi.saturating_sub(limit).max(state.purged_seq);
         let seqs: Vec<u64> = (lo + 1..=hi).rev().collect();
         if seqs.is_empty() {
             return Ok(Vec::new());
@@ -259,7 +283,7 @@ impl Store {
                          created_at = created_at ?? time::now(); \
                      }; \
                    }; \
-                   RETURN $agents.map(|$a| type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq});";
+                   RETURN $agents.map(|$a| type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq});";
         let out = self
             .run_retrying(sql, json!({"agents": list, "tenant": tenant}))
             .await?;

@@ -13,6 +13,9 @@ pub struct Tenant {
     pub name: String,
     pub quota_runs: u64,
     pub quota_tokens: u64,
+    /// Requests per minute per API key (0 = no limit); `None` takes the server's setting.
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -22,9 +25,10 @@ pub struct TenantPatch {
     pub name: Option<String>,
     pub quota_runs: Option<u64>,
     pub quota_tokens: Option<u64>,
+    pub rate_limit: Option<u64>,
 }
 
-const FIELDS: &str = "slug, name, quota_runs, quota_tokens, created_at";
+const FIELDS: &str = "slug, name, quota_runs, quota_tokens, rate_limit, created_at";
 
 impl Store {
     /// Creates a tenant; `Ok(None)` when the slug is taken.
@@ -35,16 +39,18 @@ impl Store {
         name: &str,
         quota_runs: u64,
         quota_tokens: u64,
+        rate_limit: Option<u64>,
     ) -> Result<Option<Tenant>> {
         let sql = format!(
             "IF record::exists(type::record('tenant', $slug)) {{ RETURN [] }} \
              ELSE {{ RETURN (CREATE type::record('tenant', $slug) SET slug = $slug, name = $name, \
-             quota_runs = $runs, quota_tokens = $tokens, created_at = time::now() RETURN {FIELDS}) }};"
+             quota_runs = $runs, quota_tokens = $tokens, rate_limit = $rate ?? NONE, \
+             created_at = time::now() RETURN {FIELDS}) }};"
         );
         let rows = self
             .rows(
                 &sql,
-                json!({"slug": slug, "name": name, "runs": quota_runs, "tokens": quota_tokens}),
+                json!({"slug": slug, "name": name, "runs": quota_runs, "tokens": quota_tokens, "rate": rate_limit}),
                 0,
             )
             .await;
@@ -73,10 +79,11 @@ impl Store {
     pub async fn update_tenant(&self, slug: &str, patch: &TenantPatch) -> Result<Option<Tenant>> {
         let sql = format!(
             "UPDATE type::record('tenant', $slug) SET \
-             name = $name ?? name, quota_runs = $runs ?? quota_runs, quota_tokens = $tokens ?? quota_tokens \
+             name = $name ?? name, quota_runs = $runs ?? quota_runs, quota_tokens = $tokens ?? quota_tokens, \
+             rate_limit = $rate ?? rate_limit \
              RETURN {FIELDS}"
         );
-        let vars = json!({"slug": slug, "name": patch.name, "runs": patch.quota_runs, "tokens": patch.quota_tokens});
+        let vars = json!({"slug": slug, "name": patch.name, "runs": patch.quota_runs, "tokens": patch.quota_tokens, "rate": patch.rate_limit});
         Ok(self.rows(&sql, vars, 0).await?.pop())
     }
 }

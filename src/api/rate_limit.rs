@@ -1,0 +1,100 @@
+//! Per-key request rate limits: a token bucket per API key, kept in this instance's memory.
+//!
+//! A bucket holds up to a minute's allowance and refills continuously, so a key may burst up
+//! to its per-minute limit and then send at the limit's pace. Instances do not share buckets:
+//! behind a load balancer spreading a key over N instances the key gets up to N times its limit.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Buckets beyond this many trigger a sweep of the idle ones (full again, so forgetting them
+/// changes nothing).
+const SWEEP_ABOVE: usize = 10_000;
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Takes one request from `key`'s bucket of `per_minute` (0: unlimited). `Err` carries the
+    /// whole seconds until a request will be accepted again.
+    pub fn take(&self, key: &str, per_minute: u64, now: Instant) -> Result<(), u64> {
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let capacity = per_minute as f64;
+        let per_sec = capacity / 60.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > SWEEP_ABOVE {
+            buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < capacity
+            });
+        }
+        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * per_sec).min(capacity);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - bucket.tokens) / per_sec).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn bursts_up_to_the_limit_then_refills_at_its_pace() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..60 {
+            assert_eq!(limiter.take("k", 60, t0), Ok(()));
+        }
+        assert_eq!(limiter.take("k", 60, t0), Err(1));
+        // Another key has its own bucket.
+        assert_eq!(limiter.take("other", 60, t0), Ok(()));
+        // 60 per minute is one per second.
+        assert_eq!(
+            limiter.take("k", 60, t0 + Duration::from_millis(500)),
+            Err(1)
+        );
+        assert_eq!(
+            limiter.take("k", 60, t0 + Duration::from_millis(1000)),
+            Ok(())
+        );
+        assert_eq!(
+            limiter.take("k", 60, t0 + Duration::from_millis(1000)),
+            Err(1)
+        );
+        // A slow limit waits longer.
+        for _ in 0..2 {
+            assert_eq!(limiter.take("slow", 2, t0), Ok(()));
+        }
+        assert_eq!(limiter.take("slow", 2, t0), Err(30));
+    }
+
+    #[test]
+    fn zero_is_no_limit() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..10_000 {
+            assert_eq!(limiter.take("k", 0, t0), Ok(()));
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Instances sharing one database: each holds a lease it renews; the runs of an instance whose
+//! lease ran out (killed, cut off, its machine gone) are failed as interrupted by any other.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::runs::reservation;
+use super::usage::Period;
+use super::{Result, Store};
+
+/// The `error` of a run whose instance stopped while it ran.
+pub const INTERRUPTED: &str =
+    "interrupted: the ares instance running it stopped before the run finished";
+
+/// How old a run without an instance (stored before instances were recorded) must be before it
+/// counts as interrupted.
+const UNOWNED_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Runs a pass of [`Store::reap_interrupted`] failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reaped {
+    pub runs: u64,
+}
+
+/// A run still marked `running`, with what settling it needs.
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct RunningRun {
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+    pub agent_id: String,
+    pub seq: u64,
+    pub started_at: DateTime<Utc>,
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Store {
+    /// Records this instance, or renews its lease, until `lease` from now (database time).
+    pub async fn renew_lease(&self, lease: Duration) -> Result<()> {
+        let sql = "UPSERT type::record('instance', $id) SET host = $host, pid = $pid, \
+                   started_at = started_at ?? time::now(), \
+                   lease_until = time::now() + <duration>$lease RETURN NONE";
+        let vars = json!({
+            "id": &*self.instance, "host": hostname(), "pid": std::process::id(),
+            "lease": format!("{}ms", lease.as_millis()),
+        });
+        self.run(sql, vars).await?;
+        Ok(())
+    }
+
+    /// Removes this instance's record (a clean stop, after its requests finished).
+    pub async fn retire(&self) -> Result<()> {
+        self.run(
+            "DELETE type::record('instance', $id)",
+            json!({"id": &*self.instance}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Runs marked `running` whose instance no longer holds a lease.
+    pub(super) async fn orphaned_runs(&self) -> Result<Vec<RunningRun>> {
+        let sql = "SELECT run_id, tenant, agent, agent_id, seq, started_at, instance FROM run \
+                     WHERE status = 'running'; \
+                   SELECT VALUE <string> record::id(id) FROM instance WHERE lease_until >= time::now();";
+        let mut out = self.run(sql, json!({})).await?;
+        let live: Vec<String> = out
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        let running: Vec<RunningRun> = out
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| super::StoreError::Internal(anyhow::anyhow!("decoding a run: {e}")))?;
+        let now = Utc::now();
+        Ok(running
+            .into_iter()
+            .filter(|r| match &r.instance {
+                Some(i) => !live.contains(i),
+                None => now - r.started_at > UNOWNED_AFTER,
+            })
+            .collect())
+    }
+
+    /// Fails, as interrupted, every run whose instance's lease ran out, settling its quota
+    /// reservation and counting it in usage like any failed run. Safe to run on every instance
+    /// at once: a run is settled by whichever transaction finds it still `running`.
+    pub async fn reap_interrupted(&self, period_start_day: u32) -> Result<Reaped> {
+        let mut reaped = Reaped::default();
+        for run in self.orphaned_runs().await? {
+            let period = Period::containing(run.started_at, period_start_day);
+            let r = reservation(&run.tenant, &period, run.started_at);
+            let sql = "BEGIN; \
+                LET $done = (UPDATE type::record('run', [$agent_id, $seq]) SET status = 'failed', error = $error, \
+                  finished_at = time::now(), duration_ms = <int>$duration_ms, reaped = true \
+                  WHERE status = 'running' RETURN VALUE run_id); \
+                IF array::len($done) > 0 { \
+                  UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1; \
+                  UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1; \
+                  UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
+                    created_at = created_at ?? time::now(), total_runs += 1, \
+                    last_run = IF last_run = NONE OR last_run < <datetime>$started { <datetime>$started } ELSE { last_run }; \
+                }; \
+                RETURN array::len($done); \
+                COMMIT;";
+            let vars = json!({
+                "agent_id": run.agent_id, "seq": run.seq, "error": INTERRUPTED,
+                "duration_ms": (Utc::now() - run.started_at).num_milliseconds().max(0),
+                "period": r.period_key, "day": r.day_key, "date": r.date,
+                "tenant": run.tenant, "agent": run.agent, "started": run.started_at,
+            });
+            let out = self.run_retrying(sql, vars).await?;
+            let settled = out
+                .iter()
+                .rev()
+                .find_map(|rows| match rows.as_slice() {
+                    [Value::Number(n)] => n.as_u64(),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            if settled > 0 {
+                tracing::warn!(run = %run.run_id, agent = %run.agent, tenant = %run.tenant,
+                    instance = run.instance.as_deref().unwrap_or("unknown"),
+                    "run failed as interrupted: its instance stopped");
+                reaped.runs += settled;
+            }
+        }
+        Ok(reaped)
+    }
+}
