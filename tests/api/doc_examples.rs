@@ -31,14 +31,19 @@ fn free_port() -> u16 {
 /// `ares serve` with the shipped ares.yaml and agents.d, on an in-memory database.
 async fn serve() -> Served {
     let port = free_port();
+    crate::helpers::remember_secret(ADMIN);
+    let log =
+        std::fs::File::create(crate::helpers::log_dir().join(format!("doc-examples-{port}.log")))
+            .expect("a log file");
     let child = Command::new(env!("CARGO_BIN_EXE_ares"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("ARES_DATABASE_URL", "mem://")
         .env("ARES_ADMIN_TOKEN", ADMIN)
         .env_remove("ARES_CONFIG")
         .env_remove("ARES_AGENTS_DIR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("ARES_LOG", "info,ares=debug")
+        .stdout(Stdio::from(log.try_clone().expect("a log file")))
+        .stderr(Stdio::from(log))
         .spawn()
         .expect("start ares serve");
     let served = Served {
@@ -72,7 +77,9 @@ async fn demo_key(base: &str) -> String {
         .unwrap();
     assert_eq!(r.status(), 201);
     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    body["api_key"]["secret"].as_str().unwrap().to_string()
+    let secret = body["api_key"]["secret"].as_str().unwrap().to_string();
+    crate::helpers::remember_secret(&secret);
+    secret
 }
 
 /// Runs an example file with `program`, with only the base URL and key replaced.

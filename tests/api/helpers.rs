@@ -12,6 +12,53 @@ use serde_json::{Value, json};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// Where the suite's logs go: `ARES_TEST_LOG_DIR` (set by `scripts/test`, which searches them
+/// for secrets afterwards), else a folder under the build's temporary directory.
+pub fn log_dir() -> PathBuf {
+    let dir = std::env::var_os("ARES_TEST_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ares-logs"));
+    std::fs::create_dir_all(&dir).expect("the log folder can be made");
+    dir
+}
+
+/// Records a secret the suite handled, so that `scripts/check-logs` can prove no log holds it.
+pub fn remember_secret(secret: &str) {
+    use std::io::Write as _;
+    static FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_writer = FILE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir().join("secrets.txt"))
+        .expect("the secrets list can be written");
+    writeln!(f, "{secret}").expect("the secrets list can be written");
+}
+
+/// Logs of the in-process servers: into the log folder when `ARES_TEST_LOG_DIR` is set
+/// (debug level for `ares`), else through the test harness's capture.
+fn init_test_logs() {
+    use tracing_subscriber::EnvFilter;
+    if std::env::var_os("ARES_TEST_LOG_DIR").is_some() {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_dir().join("in-process.log"))
+            .expect("the in-process log can be opened");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("info,ares=debug"))
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::try_from_env("ARES_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+    }
+    remember_secret(ADMIN_TOKEN);
+}
+
 /// A response: status, JSON body (or `Value::Null`), and headers.
 #[derive(Debug)]
 pub struct Reply {
@@ -116,13 +163,8 @@ impl TestApp {
         store: Store,
         models: ares::llm::Models,
     ) -> TestApp {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("ARES_LOG")
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
+        static LOGS: std::sync::Once = std::sync::Once::new();
+        LOGS.call_once(init_test_logs);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let application = Application::with_models(settings, store, models).expect("application");
@@ -155,13 +197,37 @@ impl TestApp {
         }
     }
 
+    /// Sends a request and checks the response against the spec (`conformance.rs`).
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
-        let resp = req.send().await.expect("request sent");
+        let req = req.build().expect("a valid request");
+        let (method, path) = (req.method().to_string(), req.url().path().to_string());
+        let r = self.execute(req).await;
+        if let Err(e) = crate::conformance::check(&method, &path, r.status, &r.headers, &r.text) {
+            panic!(
+                "{method} {path} answered {} against the spec: {e}\n{}",
+                r.status, r.text
+            );
+        }
+        r
+    }
+
+    /// Sends a request to a route the served specs do not describe.
+    pub async fn send_unchecked(&self, req: reqwest::RequestBuilder) -> Reply {
+        self.execute(req.build().expect("a valid request")).await
+    }
+
+    async fn execute(&self, req: reqwest::Request) -> Reply {
+        let resp = self.client.execute(req).await.expect("request sent");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.expect("body");
         let text = String::from_utf8_lossy(&bytes).to_string();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        for secret in [&body["secret"], &body["api_key"]["secret"]] {
+            if let Some(s) = secret.as_str() {
+                remember_secret(s);
+            }
+        }
         Reply {
             status,
             body,
@@ -267,6 +333,18 @@ impl Drop for TestApp {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+}
+
+/// A JSON request body.
+pub trait JsonBody {
+    fn json_body(self, v: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, v: &Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(v.to_string())
     }
 }
 

@@ -3,6 +3,7 @@
 mod admin;
 mod agents_files;
 mod cli;
+mod cluster;
 mod conformance;
 mod contracts;
 mod doc_examples;
@@ -11,7 +12,9 @@ mod drift;
 mod errors_and_system;
 mod helpers;
 mod hot_reload;
+mod limits;
 mod persistence;
+mod procs;
 mod properties;
 mod providers;
 mod real_model;

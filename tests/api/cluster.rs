@@ -1,0 +1,602 @@
+//! Several `ares serve` processes on one real SurrealDB server: shared keys, history and usage,
+//! quota races, kill -9 under load, a database outage, and a soak.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::procs::{
+    Ares, JsonBody, Reply, SteadyUpstream, Surreal, TOKENS_PER_CALL, agents_dir, ares_check,
+    cluster_env, one_at_a_time, surreal_bin,
+};
+
+fn slug() -> String {
+    format!("t{:08x}", rand::random::<u32>())
+}
+
+/// Polls `f` until it is true, for at most `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Usage as a client reads it, without the API calls (which each read adds to).
+fn runs_and_tokens(usage: &Value) -> (u64, u64, Vec<(Value, Value, Value)>) {
+    let days = usage["daily_usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["date"].clone(), d["runs"].clone(), d["tokens"].clone()))
+        .collect();
+    (
+        usage["total_runs"].as_u64().unwrap(),
+        usage["total_tokens"].as_u64().unwrap(),
+        days,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_keys_history_usage_and_agents() {
+    let Some(bin) = surreal_bin() else { return };
+    let _serial = one_at_a_time().await;
+    let surreal = Surreal::start(bin).await;
+    let upstream = SteadyUpstream::start(Duration::ZERO).await;
+    let agents = agents_dir();
+    let env = cluster_env(&surreal, agents.path(), &upstream);
+    // B finds its credentials in the URL instead of ARES_DATABASE_USER / _PASS.
+    let mut env_b: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "ARES_DATABASE_USER" && k != "ARES_DATABASE_PASS")
+        .cloned()
+        .collect();
+    for (k, v) in env_b.iter_mut() {
+        if k == "ARES_DATABASE_URL" {
+            *v = format!(
+                "ws://{}:{}@127.0.0.1:{}",
+                surreal.user, surreal.pass, surreal.port
+            );
+        }
+    }
+    let a = Ares::start("a", &env).await;
+    let b = Ares::start("b", &env_b).await;
+
+    let tenant = slug();
+    let first = a.tenant(&tenant, json!({})).await;
+    // A key made through A authenticates on B.
+    let made = a
+        .post("/v1/api-keys", &first, &json!({"name": "made-on-a"}))
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let key = made.body["secret"].as_str().unwrap().to_string();
+    crate::helpers::remember_secret(&key);
+    let key_id = made.body["key"].as_str().unwrap().to_string();
+    assert_eq!(b.get("/v1/agents", &key).await.status, 200);
+
+    // Runs through either instance land in one history, read the same from both.
+    for (i, inst) in [&a, &b, &a].iter().enumerate() {
+        let r = inst.run(&key, "worker", &format!("job {i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["status"], "completed", "{}", r.text);
+    }
+    let on_a = a.all_runs(&key, "worker").await;
+    let on_b = b.all_runs(&key, "worker").await;
+    assert_eq!(on_a.len(), 3);
+    assert_eq!(on_a, on_b);
+
+    // Usage reads the same from both; API calls too, once each instance has written its count.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ua = a.get("/v1/usage", &key).await.body;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ub = b.get("/v1/usage", &key).await.body;
+    assert_eq!(runs_and_tokens(&ua), runs_and_tokens(&ub));
+    assert_eq!(runs_and_tokens(&ua).0, 3);
+    assert_eq!(runs_and_tokens(&ua).1, 3 * TOKENS_PER_CALL);
+    assert_eq!(
+        ub["total_api_calls"].as_u64().unwrap(),
+        ua["total_api_calls"].as_u64().unwrap() + 1,
+        "B's read sees every call before it, A's read included: {ua} {ub}"
+    );
+
+    // A key revoked through A is refused by B on its next request.
+    let revoked = a
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/api-keys/{key_id}"),
+            &first,
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 204, "{}", revoked.text);
+    let refused = b.get("/v1/agents", &key).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.code(), "unauthorized");
+
+    // An agent added to the shared folder is served by both, neither restarted.
+    std::fs::write(
+        agents.path().join("_global/fresh.yaml"),
+        "agent_type: fresh\nmodel: steady-model\nsystem_prompt: New here.\n",
+    )
+    .unwrap();
+    for inst in [&a, &b] {
+        eventually(
+            Duration::from_secs(10),
+            "the new agent is served",
+            || async { inst.get("/v1/agents/fresh", &first).await.status == 200 },
+        )
+        .await;
+    }
+    let r = b.run(&first, "fresh", "hello").await;
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_under_races_across_instances() {
+    let Some(bin) = surreal_bin() else { return };
+    let _serial = one_at_a_time().await;
+    let surreal = Surreal::start(bin).await;
+    let upstream = SteadyUpstream::start(Duration::from_millis(20)).await;
+    let agents = agents_dir();
+    let env = cluster_env(&surreal, agents.path(), &upstream);
+    let a = Arc::new(Ares::start("a", &env).await);
+    let b = Arc::new(Ares::start("b", &env).await);
+
+    // Run quota Q, 4×Q runs at once over both instances: exactly Q complete.
+    const Q: usize = 8;
+    let key = a.tenant(&slug(), json!({"quota_runs": Q})).await;
+    let mut tasks = Vec::new();
+    for i in 0..4 * Q {
+        let inst = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            inst.run(&key, "worker", "race").await
+        }));
+    }
+    let mut completed = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let r: Reply = t.await.unwrap();
+        match (r.status, r.body["status"].as_str(), r.code()) {
+            (200, Some("completed"), _) => completed += 1,
+            (429, _, "quota_exceeded") => refused += 1,
+            _ => panic!("unexpected answer {} {}", r.status, r.text),
+        }
+    }
+    assert_eq!((completed, refused), (Q, 3 * Q));
+    for inst in [&a, &b] {
+        let u = inst.get("/v1/usage", &key).await.body;
+        assert_eq!(u["total_runs"], json!(Q), "{u}");
+        assert_eq!(u["total_tokens"], json!(Q as u64 * TOKENS_PER_CALL), "{u}");
+    }
+
+    // Token quota T: 8 workers (4 on each instance) run until refused. Runs start while the
+    // settled tokens are below T, so the overshoot is at most the runs in flight (8) times a
+    // run's tokens.
+    const WORKERS: u64 = 8;
+    let quota_tokens = 10 * TOKENS_PER_CALL;
+    let key = a
+        .tenant(&slug(), json!({"quota_tokens": quota_tokens}))
+        .await;
+    let done = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let inst = Arc::clone(if w % 2 == 0 { &a } else { &b });
+        let (key, done) = (key.clone(), Arc::clone(&done));
+        workers.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                let r = inst.run(&key, "worker", "spend").await;
+                match r.status {
+                    200 => {
+                        assert_eq!(r.body["status"], "completed", "{}", r.text);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    429 => {
+                        assert_eq!(r.code(), "quota_exceeded", "{}", r.text);
+                        return;
+                    }
+                    _ => panic!("unexpected answer {} {}", r.status, r.text),
+                }
+            }
+            panic!("the token quota never refused a run");
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let runs = done.load(Ordering::Relaxed);
+    let u = b.get("/v1/usage", &key).await.body;
+    let tokens = u["total_tokens"].as_u64().unwrap();
+    assert_eq!(
+        tokens,
+        runs * TOKENS_PER_CALL,
+        "usage is the sum of the runs: {u}"
+    );
+    assert!(
+        tokens >= quota_tokens,
+        "refused before the quota was reached: {u}"
+    );
+    assert!(
+        tokens < quota_tokens + WORKERS * TOKENS_PER_CALL,
+        "overshoot beyond the runs in flight: {tokens} tokens for a quota of {quota_tokens}"
+    );
+    let late = a.run(&key, "worker", "late").await;
+    assert_eq!((late.status, late.code()), (429, "quota_exceeded"));
+
+    let (code, out) = ares_check(&env);
+    assert_eq!(code, 0, "ares check: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_completed_run() {
+    let Some(bin) = surreal_bin() else { return };
+    let _serial = one_at_a_time().await;
+    let surreal = Surreal::start(bin).await;
+    let upstream = SteadyUpstream::start(Duration::from_millis(300)).await;
+    let agents = agents_dir();
+    let mut env = cluster_env(&surreal, agents.path(), &upstream);
+    env.push(("ARES_INSTANCE_LEASE".into(), "2s".into()));
+    let mut a = Ares::start("a", &env).await;
+    let b = Ares::start("b", &env).await;
+    let key = a.tenant(&slug(), json!({})).await;
+    let first = a.run(&key, "worker", "first").await;
+    assert_eq!(first.body["status"], "completed", "{}", first.text);
+
+    // Sixteen clients keep runs in flight on A; each notes what A answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (stop, client, key) = (Arc::clone(&stop), client.clone(), key.clone());
+        let url = format!("{}/v1/agents/worker/run", a.base);
+        clients.push(tokio::spawn(async move {
+            let mut answered: Vec<(String, String)> = Vec::new();
+            let mut cut = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json_body(&json!({"input": {"message": format!("client {c}")}}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(resp) => {
+                        let r = Reply::read(resp).await;
+                        assert_eq!(r.status, 200, "{}", r.text);
+                        match (r.body["id"].as_str(), r.body["status"].as_str()) {
+                            (Some(id), Some(status)) => {
+                                answered.push((id.to_string(), status.to_string()));
+                            }
+                            // The body was cut off by the kill.
+                            _ => cut += 1,
+                        }
+                    }
+                    // The instance died under this request.
+                    Err(_) => {
+                        cut += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (answered, cut)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.kill9();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = HashMap::new();
+    let mut cut = 0;
+    for c in clients {
+        let (runs, n) = c.await.unwrap();
+        answered.extend(runs);
+        cut += n;
+    }
+    assert!(!answered.is_empty(), "no run finished before the kill");
+    assert!(cut > 0, "no request was in flight at the kill");
+    a.restart().await;
+
+    // Within a few leases, no run is left `running`.
+    eventually(
+        Duration::from_secs(20),
+        "in-flight runs are failed as interrupted",
+        || async {
+            b.all_runs(&key, "worker")
+                .await
+                .iter()
+                .all(|r| r["status"] != "running")
+        },
+    )
+    .await;
+    let stored: HashMap<String, Value> = b
+        .all_runs(&key, "worker")
+        .await
+        .into_iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r))
+        .collect();
+    for (id, status) in &answered {
+        let run = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("run {id} answered {status} is not stored"));
+        assert_eq!(run["status"], json!(status), "{run}");
+    }
+    // The rest were in flight: interrupted, or finished with their answer cut off by the kill.
+    let unanswered: Vec<&Value> = stored
+        .values()
+        .filter(|r| !answered.contains_key(r["id"].as_str().unwrap()))
+        .collect();
+    let mut interrupted = 0;
+    for r in &unanswered {
+        if r["status"] == "failed" {
+            assert!(
+                r["error"].as_str().unwrap().starts_with("interrupted"),
+                "{r}"
+            );
+            interrupted += 1;
+        } else {
+            assert_eq!(r["status"], "completed", "{r}");
+        }
+    }
+    assert!(
+        interrupted > 0,
+        "no run was in flight at the kill: {unanswered:?}"
+    );
+    let u = b.get("/v1/usage", &key).await.body;
+    assert_eq!(u["total_runs"], json!(stored.len()), "{u}");
+    let tokens: u64 = stored
+        .values()
+        .map(|r| r["tokens_used"].as_u64().unwrap())
+        .sum();
+    assert_eq!(u["total_tokens"], json!(tokens), "{u}");
+
+    let (code, out) = ares_check(&env);
+    assert_eq!(code, 0, "ares check: {out}");
+    assert!(out.contains("0 violations"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_503_and_heals_without_a_restart() {
+    let Some(bin) = surreal_bin() else { return };
+    let _serial = one_at_a_time().await;
+    let mut surreal = Surreal::start(bin).await;
+    let upstream = SteadyUpstream::start(Duration::from_millis(100)).await;
+    let agents = agents_dir();
+    let mut env = cluster_env(&surreal, agents.path(), &upstream);
+    env.push(("ARES_DATABASE_TIMEOUT".into(), "1s".into()));
+    let a = Arc::new(Ares::start("a", &env).await);
+    let key = a.tenant(&slug(), json!({})).await;
+
+    // Clients keep reading usage and running the agent throughout; each answer is timed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let (a, stop, key) = (Arc::clone(&a), Arc::clone(&stop), key.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen: Vec<(u16, String, Duration)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let r = if c % 2 == 0 {
+                    a.get("/v1/usage", &key).await
+                } else {
+                    a.run(&key, "worker", "through the outage").await
+                };
+                seen.push((r.status, r.code().to_string(), start.elapsed()));
+                if r.status != 200 {
+                    assert_eq!(r.status, 503, "{}", r.text);
+                    assert_eq!(r.code(), "unavailable", "{}", r.text);
+                    assert!(
+                        !r.text.to_lowercase().contains("surreal"),
+                        "internals leak: {}",
+                        r.text
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    surreal.kill();
+    let readyz = || async {
+        reqwest::get(format!("{}/readyz", a.base))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    eventually(Duration::from_secs(10), "/readyz turns 503", || async {
+        readyz().await == 503
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    surreal.resume().await;
+    let back = Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "/readyz turns 200 again",
+        || async { readyz().await == 200 },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "requests succeed again",
+        || async {
+            a.get("/v1/usage", &key).await.status == 200
+                && a.run(&key, "worker", "after").await.status == 200
+        },
+    )
+    .await;
+    eprintln!("recovered {:?} after the database returned", back.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let mut unavailable = 0;
+    let mut slowest = Duration::ZERO;
+    for c in clients {
+        for (status, _, took) in c.await.unwrap() {
+            if status == 503 {
+                unavailable += 1;
+            }
+            slowest = slowest.max(took);
+        }
+    }
+    assert!(unavailable > 0, "no request met the outage");
+    // One database call may wait for the 1 s timeout; a run makes three.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a request took {slowest:?}"
+    );
+
+    // Runs that finished while the database was away are stored once it is back.
+    eventually(
+        Duration::from_secs(30),
+        "pending run records are written",
+        || async {
+            let m = reqwest::get(format!("{}/metrics", a.base))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            m.contains("\nares_run_records_pending 0\n") && m.contains("\nares_database_up 1\n")
+        },
+    )
+    .await;
+    let (code, out) = ares_check(&env);
+    assert_eq!(code, 0, "ares check: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_mixed_load_without_errors_growth_or_lost_usage() {
+    let Some(bin) = surreal_bin() else { return };
+    let _serial = one_at_a_time().await;
+    let seconds: u64 = std::env::var("ARES_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let surreal = Surreal::start(bin).await;
+    let upstream = SteadyUpstream::start(Duration::from_millis(5)).await;
+    let agents = agents_dir();
+    let env = cluster_env(&surreal, agents.path(), &upstream);
+    let a = Arc::new(Ares::start("soak", &env).await);
+    let key = a.tenant(&slug(), json!({})).await;
+    let client = reqwest::Client::new();
+
+    #[derive(Default)]
+    struct Counted {
+        requests: AtomicU64,
+        runs: AtomicU64,
+        tokens: AtomicU64,
+        errors: AtomicU64,
+    }
+    let counted = Arc::new(Counted::default());
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let warm_at = Instant::now() + Duration::from_secs(seconds / 6);
+    let mut workers = Vec::new();
+    for w in 0..32u64 {
+        let (client, key, counted, base) = (
+            client.clone(),
+            key.clone(),
+            Arc::clone(&counted),
+            a.base.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < deadline {
+                i += 1;
+                let (req, kind) = match i % 5 {
+                    0 => (client.get(format!("{base}/v1/agents")), "read"),
+                    1 => (client.get(format!("{base}/v1/usage")), "read"),
+                    2 => (
+                        client
+                            .post(format!("{base}/v1/agents/worker/run"))
+                            .json_body(&json!({"input": {"message": "soak"}})),
+                        "run",
+                    ),
+                    3 => (
+                        client.post(format!("{base}/v1/chat")).json_body(
+                            &json!({"model": "steady-model", "messages": [{"role": "user", "content": "soak"}]}),
+                        ),
+                        "chat",
+                    ),
+                    _ => (
+                        client.post(format!("{base}/v1/chat/stream")).json_body(
+                            &json!({"model": "steady-model", "messages": [{"role": "user", "content": "soak"}]}),
+                        ),
+                        "stream",
+                    ),
+                };
+                let resp = req.bearer_auth(&key).send().await.expect("the server answers");
+                counted.requests.fetch_add(1, Ordering::Relaxed);
+                let status = resp.status().as_u16();
+                let text = resp.text().await.expect("a whole body");
+                if status != 200 {
+                    counted.errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("soak: {status} {text}");
+                    continue;
+                }
+                let tokens = match kind {
+                    "run" => {
+                        counted.runs.fetch_add(1, Ordering::Relaxed);
+                        serde_json::from_str::<Value>(&text).unwrap()["tokens_used"].as_u64().unwrap()
+                    }
+                    "chat" => serde_json::from_str::<Value>(&text).unwrap()["tokens_used"].as_u64().unwrap(),
+                    "stream" => {
+                        let events = crate::helpers::sse_events(&text);
+                        events.last().unwrap()["tokens_used"].as_u64().unwrap()
+                    }
+                    _ => 0,
+                };
+                counted.tokens.fetch_add(tokens, Ordering::Relaxed);
+            }
+        }));
+    }
+    while Instant::now() < warm_at {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let warm_rss = a.rss_kib();
+    let mut peak_rss = warm_rss;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_rss = peak_rss.max(a.rss_kib());
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let requests = counted.requests.load(Ordering::Relaxed);
+    eprintln!(
+        "soak: {requests} requests in {seconds} s, {} runs; RSS {warm_rss} KiB after warm-up, peak {peak_rss} KiB",
+        counted.runs.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        counted.errors.load(Ordering::Relaxed),
+        0,
+        "errors under load"
+    );
+    // The stated bound (docs/operations.md): after warm-up, RSS grows by less than 64 MiB.
+    assert!(
+        peak_rss < warm_rss + 64 * 1024,
+        "RSS grew from {warm_rss} KiB to {peak_rss} KiB"
+    );
+    // Usage equals what the load generator counted, API calls included (this read too).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let u = a.get("/v1/usage", &key).await.body;
+    assert_eq!(
+        u["total_runs"],
+        json!(counted.runs.load(Ordering::Relaxed)),
+        "{u}"
+    );
+    assert_eq!(
+        u["total_tokens"],
+        json!(counted.tokens.load(Ordering::Relaxed)),
+        "{u}"
+    );
+    assert_eq!(u["total_api_calls"], json!(requests + 1), "{u}");
+    let (code, out) = ares_check(&env);
+    assert_eq!(code, 0, "ares check: {out}");
+}
