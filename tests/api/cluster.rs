@@ -137,6 +137,30 @@ async fn two_instances_share_keys_history_usage_and_agents() {
     }
     let r = b.run(&first, "fresh", "hello").await;
     assert_eq!(r.body["status"], "completed", "{}", r.text);
+
+    // A backup (`surreal export`) restored into another database (`surreal import`) passes
+    // `ares check` with every run (docs/operations.md).
+    let dump = tempfile::tempdir().unwrap();
+    let file = dump.path().join("backup.surql");
+    let db = |env: &[(String, String)]| {
+        env.iter()
+            .find(|(k, _)| k == "ARES_DATABASE_NAME")
+            .unwrap()
+            .1
+            .clone()
+    };
+    surreal.client("export", "reliability", &db(&env), &file);
+    let restored_db = format!("restored{:08x}", rand::random::<u32>());
+    surreal.client("import", "reliability", &restored_db, &file);
+    let mut restored = env.clone();
+    for (k, v) in restored.iter_mut() {
+        if k == "ARES_DATABASE_NAME" {
+            *v = restored_db.clone();
+        }
+    }
+    let (code, out) = ares_check(&restored);
+    assert_eq!(code, 0, "ares check on the restored copy: {out}");
+    assert!(out.contains(": 4 runs,"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

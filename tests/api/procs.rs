@@ -106,6 +106,34 @@ impl Surreal {
         format!("ws://127.0.0.1:{}", self.port)
     }
 
+    /// Runs a `surreal` client command (`export`, `import`) against this server as its user;
+    /// panics with the command's output when it fails.
+    pub fn client(&self, command: &str, namespace: &str, database: &str, file: &Path) {
+        let out = Command::new(&self.bin)
+            .args([
+                command,
+                "--endpoint",
+                &format!("http://127.0.0.1:{}", self.port),
+                "--username",
+                &self.user,
+                "--password",
+                &self.pass,
+                "--namespace",
+                namespace,
+                "--database",
+                database,
+            ])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "surreal {command}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Kills the server (SIGKILL): the database disappears from under its clients.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
