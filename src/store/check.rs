@@ -103,7 +103,8 @@ impl Store {
     /// that agents' counters match their runs, and that no run is left `running` by an
     /// instance that stopped.
     pub async fn check(&self, period_start_day: u32) -> Result<CheckReport> {
-        let sql = "\
+        // One transaction: a consistent snapshot even while instances write.
+        let sql = "BEGIN; \
             SELECT tenant, time::format(started_at, '%Y-%m-%d') AS date, count() AS runs, \
               math::sum(tokens_used) AS tokens FROM run WHERE status != 'running' GROUP BY tenant, date; \
             SELECT tenant, time::format(created_at, '%Y-%m-%d') AS date, count() AS runs, \
@@ -114,8 +115,10 @@ impl Store {
             SELECT agent_id, count() AS n FROM run WHERE status = 'completed' GROUP BY agent_id; \
             SELECT agent_id, math::max(seq) AS n FROM run GROUP BY agent_id; \
             SELECT <string> record::id(id) AS agent_id, tenant, name, total_runs, completed_runs, run_seq FROM agent_state; \
-            SELECT tenant, started_at FROM run WHERE status = 'running';";
-        let mut out = self.run(sql, json!({})).await?.into_iter();
+            SELECT tenant, started_at FROM run WHERE status = 'running'; \
+            COMMIT;";
+        // The first result is BEGIN's.
+        let mut out = self.run(sql, json!({})).await?.into_iter().skip(1);
         let mut next = || out.next().unwrap_or_default();
         let run_days: Vec<DayCount> = decode(next(), "run totals")?;
         let chat_days: Vec<DayCount> = decode(next(), "chat totals")?;
