@@ -328,6 +328,24 @@ mod tests {
         r
     }
 
+    /// Starts and completes a run of `acme`'s echo that used `tokens`, on an instance holding
+    /// a lease.
+    async fn complete_run(store: &Store, period: &Period, tokens: u64) -> RunRecord {
+        store
+            .renew_lease(std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut r = run("acme");
+        let res = store
+            .begin_run(period, 10, 1000, &mut r)
+            .await
+            .unwrap()
+            .unwrap();
+        let done = finished(r, tokens);
+        assert!(store.finish_run(&res, &done).await.unwrap());
+        done
+    }
+
     fn invariants(report: &super::CheckReport) -> Vec<&'static str> {
         report.violations.iter().map(|v| v.invariant).collect()
     }
@@ -337,17 +355,7 @@ mod tests {
         let store = store().await;
         let period = Period::containing(Utc::now(), 1);
         for tokens in [3, 4] {
-            let mut r = run("acme");
-            let res = store
-                .begin_run(&period, 10, 1000, &mut r)
-                .await
-                .unwrap()
-                .unwrap();
-            store
-                .renew_lease(std::time::Duration::from_secs(30))
-                .await
-                .unwrap();
-            assert!(store.finish_run(&res, &finished(r, tokens)).await.unwrap());
+            complete_run(&store, &period, tokens).await;
         }
         let report = store.check(1).await.unwrap();
         assert_eq!(
@@ -450,21 +458,7 @@ mod tests {
         let period = Period::containing(Utc::now(), 1);
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let mut r = run("acme");
-            let res = store
-                .begin_run(&period, 10, 1000, &mut r)
-                .await
-                .unwrap()
-                .unwrap();
-            store
-                .renew_lease(std::time::Duration::from_secs(30))
-                .await
-                .unwrap();
-            store
-                .finish_run(&res, &finished(r.clone(), 2))
-                .await
-                .unwrap();
-            ids.push(r.agent_id);
+            ids.push(complete_run(&store, &period, 2).await.agent_id);
         }
         let purged = store
             .purge_before(Utc::now() + chrono::Duration::seconds(1))

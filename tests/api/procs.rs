@@ -231,6 +231,21 @@ pub fn cluster_env(
     ]
 }
 
+/// `env` with `key` set to `value` (added or replaced).
+pub fn with_var(env: &[(String, String)], key: &str, value: String) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = env.iter().filter(|(k, _)| k != key).cloned().collect();
+    out.push((key.to_string(), value));
+    out
+}
+
+/// The value of `key` in `env`.
+pub fn var(env: &[(String, String)], key: &str) -> String {
+    env.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{key} is not set"))
+}
+
 impl Ares {
     /// Starts `ares serve` with `env` and waits until it is ready.
     pub async fn start(name: &str, env: &[(String, String)]) -> Ares {
