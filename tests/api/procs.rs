@@ -94,7 +94,7 @@ impl Surreal {
             bin,
             child: None,
             port: free_port(),
-            user: "ares-test".into(),
+            user: format!("ares-{:08x}", rand::random::<u32>()),
             pass: random_token(),
             data: tempfile::tempdir().unwrap(),
         };
