@@ -202,7 +202,7 @@ fn ops_samples(engine: &crate::engine::Engine) -> [metrics::Sample; 4] {
         (
             "ares_run_records_pending",
             "gauge",
-            "Finished runs whose records wait for the database to return.",
+            "Records of finished runs and chats waiting for the database to return.",
             ops.pending_records.load(Relaxed),
         ),
         (

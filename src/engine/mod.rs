@@ -93,7 +93,7 @@ pub struct Engine {
 /// What the background work of an instance did, for metrics.
 #[derive(Default)]
 pub struct OpsCounters {
-    /// Final run states waiting for the database to return.
+    /// Records of finished runs and chats waiting for the database to return.
     pub pending_records: Arc<std::sync::atomic::AtomicU64>,
     /// Runs of stopped instances this one failed as interrupted.
     pub interrupted_runs: std::sync::atomic::AtomicU64,
