@@ -32,7 +32,12 @@ async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let (auth, tenant) = app
         .engine
         .store
-        .authenticate(secret)
+        .authenticate(
+            secret,
+            crate::store::Period::containing(Utc::now(), app.settings.billing.period_start_day)
+                .start
+                .date_naive(),
+        )
         .await
         .map_err(ApiError::from)?
         .ok_or_else(ApiError::unauthorized)?;

@@ -447,12 +447,18 @@ impl Engine {
         }
     }
 
+    /// Refuses a chat once the period's settled tokens reach the quota: from the figure read
+    /// with the tenant at authentication, else from the store.
     async fn check_tokens(&self, tenant: &Tenant, period: &Period) -> Result<(), EngineError> {
-        if self
-            .store
-            .tokens_left(&tenant.slug, period, tenant.quota_tokens)
-            .await?
-        {
+        let left = match tenant.period_tokens {
+            Some(used) => used < tenant.quota_tokens,
+            None => {
+                self.store
+                    .tokens_left(&tenant.slug, period, tenant.quota_tokens)
+                    .await?
+            }
+        };
+        if left {
             Ok(())
         } else {
             Err(EngineError::QuotaExceeded(format!(

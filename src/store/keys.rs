@@ -110,14 +110,19 @@ impl Store {
     }
 
     /// The key and tenant a secret authenticates, when the key exists, is not revoked and has
-    /// not expired: one indexed lookup, fetching the tenant in the same statement.
-    pub async fn authenticate(&self, secret: &str) -> Result<Option<(KeyAuth, super::Tenant)>> {
-        let sql = "SELECT key_id, type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, rate_limit, created_at} AS tenant \
+    /// not expired: one indexed lookup, fetching in the same statement the tenant and its
+    /// settled tokens of the period starting on `period_start`.
+    pub async fn authenticate(
+        &self,
+        secret: &str,
+        period_start: chrono::NaiveDate,
+    ) -> Result<Option<(KeyAuth, super::Tenant)>> {
+        let sql = "SELECT key_id, type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, rate_limit, created_at} AS tenant, \
+                   type::record('usage_period', string::concat(tenant, '|', $start)).tokens ?? 0 AS period_tokens \
                    FROM api_key WHERE hash = $hash AND revoked_at = NONE \
                    AND (expires_at = NONE OR expires_at > time::now()) LIMIT 1";
-        let rows: Vec<serde_json::Value> = self
-            .rows(sql, json!({"hash": hash_secret(secret)}), 0)
-            .await?;
+        let vars = json!({"hash": hash_secret(secret), "start": period_start.to_string()});
+        let rows: Vec<serde_json::Value> = self.rows(sql, vars, 0).await?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None);
         };
@@ -125,9 +130,10 @@ impl Store {
             return Ok(None);
         };
         // A key whose tenant is gone authenticates nobody.
-        let Ok(tenant) = serde_json::from_value::<super::Tenant>(row["tenant"].clone()) else {
+        let Ok(mut tenant) = serde_json::from_value::<super::Tenant>(row["tenant"].clone()) else {
             return Ok(None);
         };
+        tenant.period_tokens = row["period_tokens"].as_u64();
         Ok(Some((
             KeyAuth {
                 key_id,

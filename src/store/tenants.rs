@@ -17,6 +17,10 @@ pub struct Tenant {
     #[serde(default)]
     pub rate_limit: Option<u64>,
     pub created_at: DateTime<Utc>,
+    /// Tokens settled in the current billing period, when the tenant was read with them
+    /// (authentication reads them in the same statement, sparing chats a query).
+    #[serde(default, skip_serializing)]
+    pub period_tokens: Option<u64>,
 }
 
 /// Quota changes; `None` leaves a quota as it is.

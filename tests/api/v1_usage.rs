@@ -107,7 +107,15 @@ async fn the_token_quota_refuses_runs_and_chats_once_used_up() {
     assert_eq!(r.error_code(), "quota_exceeded");
     let body = json!({"messages": [{"role": "user", "content": "c"}], "model": "llama-3.1-8b"});
     assert_eq!(app.chat(&acme, body.clone()).await.status, 429);
-    assert_eq!(app.chat_stream(&acme, body).await.status, 429);
+    assert_eq!(app.chat_stream(&acme, body.clone()).await.status, 429);
+
+    // Chats alone use the quota up too: the next request sees the tokens the last one spent.
+    let globex = app.tenant_with("globex", json!({"quota_tokens": 3})).await;
+    let chat = app.chat(&globex, body.clone()).await;
+    assert_eq!(chat.status, 200, "{}", chat.text);
+    assert!(chat.body["tokens_used"].as_u64().unwrap() >= 3, "{}", chat.text);
+    let refused = app.chat_stream(&globex, body).await;
+    assert_eq!((refused.status, refused.error_code()), (429, "quota_exceeded"));
 }
 
 #[tokio::test]
