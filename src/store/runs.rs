@@ -93,6 +93,17 @@ pub(super) fn reservation(tenant: &str, period: &Period, at: DateTime<Utc>) -> R
     }
 }
 
+/// The boolean a query's last statement returned (`false` when there is none).
+fn last_bool(out: &[Vec<Value>]) -> bool {
+    out.iter()
+        .rev()
+        .find_map(|rows| match rows.as_slice() {
+            [Value::Bool(b)] => Some(*b),
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
 const RUN_FIELDS: &str = "run_id, tenant, agent, agent_id, status, input, output, error, started_at, finished_at, duration_ms, tokens_used";
 
 /// Attempts at a statement that lost a write race to another transaction.
@@ -183,37 +194,44 @@ impl Store {
     /// real outcome and tokens, once. `false` when there was nothing to settle.
     #[tracing::instrument(skip(self, run, reservation), fields(run = %run.id))]
     pub async fn finish_run(&self, reservation: &Reservation, run: &RunRecord) -> Result<bool> {
-        let sql = "BEGIN; \
-            LET $rec = type::record('run', [$r.agent_id, $r.seq]); \
-            LET $was = $rec.{status, reaped}; \
-            LET $settle = $was.status = 'running'; \
-            LET $amend = $was.status = 'failed' AND $was.reaped = true; \
-            IF $settle OR $amend { UPDATE $rec SET status = $r.status, output = $r.output ?? NONE, \
-              error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE), \
-              duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used, reaped = NONE; }; \
-            IF $settle { UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used; }; \
-            IF $amend { UPDATE type::record('usage_period', $period) SET tokens += $r.tokens_used; }; \
-            IF $settle OR $amend { UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, \
-              runs += IF $settle { 1 } ELSE { 0 }, tokens += $r.tokens_used; \
-              UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
-              created_at = created_at ?? time::now(), total_runs += IF $settle { 1 } ELSE { 0 }, \
-              completed_runs += $completed, last_run = <datetime>$r.started_at; }; \
-            RETURN $settle OR $amend; \
-            COMMIT;";
         let vars = json!({
             "r": run, "period": reservation.period_key, "day": reservation.day_key,
             "tenant": reservation.tenant, "date": reservation.date,
             "completed": u64::from(run.status == RunStatus::Completed),
         });
-        let out = self.run_retrying(sql, vars).await?;
-        Ok(out
-            .iter()
-            .rev()
-            .find_map(|rows| match rows.as_slice() {
-                [Value::Bool(b)] => Some(*b),
-                _ => None,
-            })
-            .unwrap_or(false))
+        // The usual case: the run is still `running`; it settles with its counters.
+        let settle = "BEGIN; \
+            LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
+              output = $r.output ?? NONE, error = $r.error ?? NONE, \
+              finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
+              tokens_used = $r.tokens_used WHERE status = 'running' RETURN VALUE run_id); \
+            IF array::len($done) > 0 { \
+              UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used; \
+              UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used; \
+              UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
+                created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
+                last_run = <datetime>$r.started_at; \
+            }; \
+            RETURN array::len($done) > 0; \
+            COMMIT;";
+        if last_bool(&self.run_retrying(settle, vars.clone()).await?) {
+            return Ok(true);
+        }
+        // Failed as interrupted meanwhile (already counted as a run): the real outcome and
+        // its tokens replace the interruption, once.
+        let amend = "BEGIN; \
+            LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
+              output = $r.output ?? NONE, error = $r.error ?? NONE, \
+              finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
+              tokens_used = $r.tokens_used, reaped = NONE WHERE status = 'failed' AND reaped = true RETURN VALUE run_id); \
+            IF array::len($done) > 0 { \
+              UPDATE type::record('usage_period', $period) SET tokens += $r.tokens_used; \
+              UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, tokens += $r.tokens_used; \
+              UPSERT type::record('agent_state', $r.agent_id) SET completed_runs += $completed; \
+            }; \
+            RETURN array::len($done) > 0; \
+            COMMIT;";
+        Ok(last_bool(&self.run_retrying(amend, vars).await?))
     }
 
     /// Stores a finished chat and adds its tokens to usage, in one transaction. Idempotent: a
