@@ -113,9 +113,16 @@ async fn the_token_quota_refuses_runs_and_chats_once_used_up() {
     let globex = app.tenant_with("globex", json!({"quota_tokens": 3})).await;
     let chat = app.chat(&globex, body.clone()).await;
     assert_eq!(chat.status, 200, "{}", chat.text);
-    assert!(chat.body["tokens_used"].as_u64().unwrap() >= 3, "{}", chat.text);
+    assert!(
+        chat.body["tokens_used"].as_u64().unwrap() >= 3,
+        "{}",
+        chat.text
+    );
     let refused = app.chat_stream(&globex, body).await;
-    assert_eq!((refused.status, refused.error_code()), (429, "quota_exceeded"));
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (429, "quota_exceeded")
+    );
 }
 
 #[tokio::test]
