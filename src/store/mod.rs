@@ -115,11 +115,6 @@ impl Store {
         Ok(store)
     }
 
-    /// This process's instance id.
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
     /// Whether the database answers a trivial query now. `false` at once while the store
     /// knows it is unreachable.
     pub async fn ping(&self) -> bool {
