@@ -186,13 +186,14 @@ async fn keep_lease(engine: Arc<Engine>) {
 /// Deletes run and chat history older than `max_age`, every `retention.interval`, in small
 /// transactions beside the requests.
 async fn purge_history(engine: Arc<Engine>, max_age: Duration) {
+    let Ok(age) = chrono::Duration::from_std(max_age) else {
+        tracing::error!(max_age = ?max_age, "retention.max_age is too long; nothing is purged");
+        return;
+    };
     let mut tick = tokio::time::interval(engine.settings.retention.interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Ok(age) = chrono::Duration::from_std(max_age) else {
-            return;
-        };
         let cutoff = chrono::Utc::now() - age;
         match engine.store.purge_before(cutoff).await {
             Ok(p) if p.runs + p.chats > 0 => {

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::procs::{
-    Ares, JsonBody, Reply, SteadyUpstream, Surreal, TOKENS_PER_CALL, agents_dir, ares_check,
-    cluster_env, one_at_a_time, surreal_bin, var, with_var,
-};
+use crate::procs::{Ares, Cluster, JsonBody, Reply, TOKENS_PER_CALL, ares_check, var, with_var};
 
 fn slug() -> String {
     format!("t{:08x}", rand::random::<u32>())
@@ -47,12 +44,10 @@ fn runs_and_tokens(usage: &Value) -> (u64, u64, Vec<(Value, Value, Value)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_keys_history_usage_and_agents() {
-    let Some(bin) = surreal_bin() else { return };
-    let _serial = one_at_a_time().await;
-    let surreal = Surreal::start(bin).await;
-    let upstream = SteadyUpstream::start(Duration::ZERO).await;
-    let agents = agents_dir();
-    let env = cluster_env(&surreal, agents.path(), &upstream);
+    let Some(c) = Cluster::start(Duration::ZERO).await else {
+        return;
+    };
+    let (surreal, agents, env) = (&c.surreal, &c.agents, c.env.clone());
     // B finds its credentials in the URL instead of ARES_DATABASE_USER / _PASS.
     let env_b: Vec<(String, String)> = env
         .iter()
@@ -158,12 +153,10 @@ async fn two_instances_share_keys_history_usage_and_agents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_hold_under_races_across_instances() {
-    let Some(bin) = surreal_bin() else { return };
-    let _serial = one_at_a_time().await;
-    let surreal = Surreal::start(bin).await;
-    let upstream = SteadyUpstream::start(Duration::from_millis(20)).await;
-    let agents = agents_dir();
-    let env = cluster_env(&surreal, agents.path(), &upstream);
+    let Some(c) = Cluster::start(Duration::from_millis(20)).await else {
+        return;
+    };
+    let env = c.env.clone();
     let a = Arc::new(Ares::start("a", &env).await);
     let b = Arc::new(Ares::start("b", &env).await);
 
@@ -254,13 +247,10 @@ async fn quotas_hold_under_races_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_completed_run() {
-    let Some(bin) = surreal_bin() else { return };
-    let _serial = one_at_a_time().await;
-    let surreal = Surreal::start(bin).await;
-    let upstream = SteadyUpstream::start(Duration::from_millis(300)).await;
-    let agents = agents_dir();
-    let mut env = cluster_env(&surreal, agents.path(), &upstream);
-    env.push(("ARES_INSTANCE_LEASE".into(), "2s".into()));
+    let Some(c) = Cluster::start(Duration::from_millis(300)).await else {
+        return;
+    };
+    let env = with_var(&c.env, "ARES_INSTANCE_LEASE", "2s".into());
     let mut a = Ares::start("a", &env).await;
     let b = Ares::start("b", &env).await;
     let key = a.tenant(&slug(), json!({})).await;
@@ -381,13 +371,10 @@ async fn kill_9_under_load_loses_no_completed_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_answers_503_and_heals_without_a_restart() {
-    let Some(bin) = surreal_bin() else { return };
-    let _serial = one_at_a_time().await;
-    let mut surreal = Surreal::start(bin).await;
-    let upstream = SteadyUpstream::start(Duration::from_millis(100)).await;
-    let agents = agents_dir();
-    let mut env = cluster_env(&surreal, agents.path(), &upstream);
-    env.push(("ARES_DATABASE_TIMEOUT".into(), "1s".into()));
+    let Some(mut c) = Cluster::start(Duration::from_millis(100)).await else {
+        return;
+    };
+    let env = with_var(&c.env, "ARES_DATABASE_TIMEOUT", "1s".into());
     let a = Arc::new(Ares::start("a", &env).await);
     let key = a.tenant(&slug(), json!({})).await;
 
@@ -421,7 +408,7 @@ async fn a_database_outage_answers_503_and_heals_without_a_restart() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    surreal.kill();
+    c.surreal.kill();
     let readyz = || async {
         reqwest::get(format!("{}/readyz", a.base))
             .await
@@ -433,7 +420,7 @@ async fn a_database_outage_answers_503_and_heals_without_a_restart() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    surreal.resume().await;
+    c.surreal.resume().await;
     let back = Instant::now();
     eventually(
         Duration::from_secs(20),
@@ -490,17 +477,14 @@ async fn a_database_outage_answers_503_and_heals_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_mixed_load_without_errors_growth_or_lost_usage() {
-    let Some(bin) = surreal_bin() else { return };
-    let _serial = one_at_a_time().await;
+    let Some(c) = Cluster::start(Duration::from_millis(5)).await else {
+        return;
+    };
     let seconds: u64 = std::env::var("ARES_SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let surreal = Surreal::start(bin).await;
-    let upstream = SteadyUpstream::start(Duration::from_millis(5)).await;
-    let agents = agents_dir();
-    let env = cluster_env(&surreal, agents.path(), &upstream);
-    let a = Arc::new(Ares::start("soak", &env).await);
+    let a = Arc::new(Ares::start("soak", &c.env).await);
     let key = a.tenant(&slug(), json!({})).await;
     let client = reqwest::Client::new();
 
@@ -614,6 +598,6 @@ async fn soak_mixed_load_without_errors_growth_or_lost_usage() {
         "{u}"
     );
     assert_eq!(u["total_api_calls"], json!(requests + 1), "{u}");
-    let (code, out) = ares_check(&env);
+    let (code, out) = ares_check(&c.env);
     assert_eq!(code, 0, "ares check: {out}");
 }

@@ -185,6 +185,35 @@ impl Drop for Surreal {
     }
 }
 
+/// What every reliability test starts from: a SurrealDB server, a steady upstream, an agents
+/// folder and the settings the instances share, held one test at a time.
+pub struct Cluster {
+    pub surreal: Surreal,
+    pub agents: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+    _upstream: SteadyUpstream,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// `None` (the test is skipped) without the SurrealDB server binary, outside CI.
+    pub async fn start(upstream_delay: Duration) -> Option<Cluster> {
+        let bin = surreal_bin()?;
+        let serial = one_at_a_time().await;
+        let surreal = Surreal::start(bin).await;
+        let upstream = SteadyUpstream::start(upstream_delay).await;
+        let agents = agents_dir();
+        let env = cluster_env(&surreal, agents.path(), &upstream);
+        Some(Cluster {
+            surreal,
+            agents,
+            env,
+            _upstream: upstream,
+            _serial: serial,
+        })
+    }
+}
+
 /// An `ares serve` process.
 pub struct Ares {
     child: Option<Child>,
