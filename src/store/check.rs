@@ -290,43 +290,8 @@ mod tests {
     use chrono::Utc;
     use serde_json::json;
 
+    use super::super::testing::{finished, run, store};
     use super::super::{Period, RunRecord, RunStatus, Store};
-    use crate::config::DatabaseSettings;
-
-    async fn store() -> Store {
-        let settings = DatabaseSettings {
-            url: "mem://".into(),
-            ..DatabaseSettings::default()
-        };
-        Store::connect(&settings).await.unwrap()
-    }
-
-    fn run(tenant: &str) -> RunRecord {
-        RunRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            tenant: tenant.into(),
-            agent: "echo".into(),
-            agent_id: format!("{tenant}-echo"),
-            seq: 0,
-            status: RunStatus::Running,
-            input: json!({"message": "hi"}),
-            output: None,
-            error: None,
-            started_at: Utc::now(),
-            finished_at: None,
-            duration_ms: None,
-            tokens_used: 0,
-        }
-    }
-
-    fn finished(mut r: RunRecord, tokens: u64) -> RunRecord {
-        r.status = RunStatus::Completed;
-        r.output = Some(json!({"response": "ok"}));
-        r.finished_at = Some(Utc::now());
-        r.duration_ms = Some(1);
-        r.tokens_used = tokens;
-        r
-    }
 
     /// Starts and completes a run of `acme`'s echo that used `tokens`, on an instance holding
     /// a lease.

@@ -92,35 +92,41 @@ impl Store {
         let secret = generate_secret();
         let id = uuid::Uuid::now_v7().to_string();
         let sql = format!(
-            "CREATE type::record('api_key', $id) SET key_id = $id, tenant = $tenant, name = $name, hash = $hash, \
-             prefix = $prefix, created_at = time::now(), expires_at = <option<datetime>>($expires ?? NONE) RETURN {FIELDS}"
+            "BEGIN; \
+             CREATE type::record('credential', $hash) SET key_id = $id RETURN NONE; \
+             CREATE type::record('api_key', $id) SET key_id = $id, tenant = $tenant, name = $name, hash = $hash, \
+             prefix = $prefix, created_at = time::now(), expires_at = <option<datetime>>($expires ?? NONE) RETURN {FIELDS}; \
+             COMMIT;"
         );
         let vars = json!({
             "id": id, "tenant": tenant, "name": name, "hash": hash_secret(&secret),
             "prefix": key_prefix(&secret), "expires": expires_at,
         });
-        let key = self
-            .rows::<ApiKey>(&sql, vars, 0)
-            .await?
-            .pop()
+        let out = self.run(&sql, vars).await?;
+        let key = out
+            .into_iter()
+            .rev()
+            .find_map(|rows| rows.into_iter().next())
             .ok_or_else(|| {
                 StoreError::Internal(anyhow::anyhow!("CREATE api_key returned nothing"))
             })?;
+        let key: ApiKey = serde_json::from_value(key)
+            .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding a key: {e}")))?;
         Ok(NewKey { key, secret })
     }
 
     /// The key and tenant a secret authenticates, when the key exists, is not revoked and has
-    /// not expired: one indexed lookup, fetching in the same statement the tenant and its
-    /// settled tokens of the period starting on `period_start`.
+    /// not expired: one statement of direct fetches by record id (the credential named by the
+    /// secret's hash, its key, the key's tenant and the tenant's settled tokens of the period
+    /// starting on `period_start`), so it costs the same however many keys there are.
     pub async fn authenticate(
         &self,
         secret: &str,
         period_start: chrono::NaiveDate,
     ) -> Result<Option<(KeyAuth, super::Tenant)>> {
-        let sql = "SELECT key_id, type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, rate_limit, created_at} AS tenant, \
-                   type::record('usage_period', string::concat(tenant, '|', $start)).tokens ?? 0 AS period_tokens \
-                   FROM api_key WHERE hash = $hash AND revoked_at = NONE \
-                   AND (expires_at = NONE OR expires_at > time::now()) LIMIT 1";
+        let sql = "RETURN type::record('api_key', type::record('credential', $hash).key_id).{key_id, revoked_at, expires_at, \
+                   tenant: type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, rate_limit, created_at}, \
+                   period_tokens: type::record('usage_period', string::concat(tenant, '|', $start)).tokens}";
         let vars = json!({"hash": hash_secret(secret), "start": period_start.to_string()});
         let rows: Vec<serde_json::Value> = self.rows(sql, vars, 0).await?;
         let Some(row) = rows.into_iter().next() else {
@@ -129,6 +135,15 @@ impl Store {
         let Some(key_id) = row["key_id"].as_str().map(String::from) else {
             return Ok(None);
         };
+        if !row["revoked_at"].is_null() {
+            return Ok(None);
+        }
+        if let Some(expires) = row["expires_at"].as_str() {
+            match DateTime::parse_from_rfc3339(expires) {
+                Ok(at) if at > Utc::now() => {}
+                _ => return Ok(None),
+            }
+        }
         // A key whose tenant is gone authenticates nobody.
         let Ok(mut tenant) = serde_json::from_value::<super::Tenant>(row["tenant"].clone()) else {
             return Ok(None);
@@ -181,6 +196,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::super::testing::store;
     use super::*;
 
     #[test]
@@ -199,6 +218,54 @@ mod tests {
         assert_eq!(
             hash_secret("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_made_before_credentials_existed_still_authenticate() {
+        let store = store().await;
+        store
+            .create_tenant("acme", "Acme", 10, 100, None)
+            .await
+            .unwrap();
+        let key = store.create_key("acme", "old", None).await.unwrap();
+        let today = Utc::now().date_naive();
+        assert!(
+            store
+                .authenticate(&key.secret, today)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // A database from before migration 3: keys without credentials.
+        store
+            .run(
+                "DELETE credential; DELETE migration WHERE version = 3;",
+                json!({}),
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .authenticate(&key.secret, today)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        super::super::migrations::apply(&store).await.unwrap();
+        let (auth, tenant) = store
+            .authenticate(&key.secret, today)
+            .await
+            .unwrap()
+            .expect("the migration wrote the key's credential");
+        assert_eq!((auth.key_id, tenant.slug), (key.key.id, "acme".to_string()));
+        // Unknown secrets stay unknown.
+        assert!(
+            store
+                .authenticate("ares_unknown", today)
+                .await
+                .unwrap()
+                .is_none()
         );
     }
 }

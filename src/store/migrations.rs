@@ -105,6 +105,19 @@ DEFINE TABLE IF NOT EXISTS retention SCHEMAFULL;
 DEFINE FIELD IF NOT EXISTS before ON retention TYPE datetime;
 "#,
     ),
+    (
+        3,
+        r#"
+-- Authentication by record id: `credential:⟨sha256 of the secret⟩` names its key, so the
+-- lookup on every request is a direct fetch, not an index scan. Written with the key,
+-- never changed (revocation and expiry stay on the key).
+DEFINE TABLE IF NOT EXISTS credential SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS key_id ON credential TYPE string;
+FOR $k IN (SELECT key_id, hash FROM api_key) {
+    UPSERT type::record('credential', $k.hash) SET key_id = $k.key_id;
+};
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.

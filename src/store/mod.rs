@@ -10,6 +10,8 @@ mod migrations;
 mod retention;
 mod runs;
 mod tenants;
+#[cfg(test)]
+mod testing;
 mod usage;
 
 use std::sync::Arc;

@@ -159,13 +159,15 @@ impl Store {
         run: &mut RunRecord,
     ) -> Result<Option<Reservation>> {
         let r = reservation(&run.tenant, period, run.started_at);
+        // The period's row is made on its first run (an UPSERT ignores its condition when it
+        // creates), then the reservation is a conditional update of it.
         let sql = "BEGIN; \
             UPSERT type::record('usage_period', $key) SET tenant = $r.tenant, start = $start \
-              WHERE runs + reserved_runs < $qr AND tokens < $qt OR runs = NONE; \
+              WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN NONE; \
             LET $ok = array::len((UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
-              WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN reserved_runs)) > 0; \
+              WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN VALUE reserved_runs)) > 0; \
             LET $seq = IF $ok { (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
-              created_at = created_at ?? time::now(), run_seq += 1 RETURN run_seq)[0].run_seq } ELSE { NONE }; \
+              created_at = created_at ?? time::now(), run_seq += 1 RETURN VALUE run_seq)[0] } ELSE { NONE }; \
             IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
               tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
               started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance } RETURN NONE; }; \
@@ -206,11 +208,11 @@ impl Store {
               finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
               tokens_used = $r.tokens_used WHERE status = 'running' RETURN VALUE run_id); \
             IF array::len($done) > 0 { \
-              UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used; \
-              UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used; \
+              UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used RETURN NONE; \
+              UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
               UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
                 created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
-                last_run = <datetime>$r.started_at; \
+                last_run = <datetime>$r.started_at RETURN NONE; \
             }; \
             RETURN array::len($done) > 0; \
             COMMIT;";
@@ -242,9 +244,9 @@ impl Store {
         let sql = "BEGIN; \
             IF !record::exists(type::record('chat', $c.id)) { \
             CREATE type::record('chat', $c.id) CONTENT { tenant: $c.tenant, model: $c.model, \
-              finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at }; \
-            UPSERT type::record('usage_period', $period) SET tenant = $c.tenant, start = $start, tokens += $c.tokens_used; \
-            UPSERT type::record('usage_daily', $day) SET tenant = $c.tenant, date = $date, tokens += $c.tokens_used; \
+              finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at } RETURN NONE; \
+            UPSERT type::record('usage_period', $period) SET tenant = $c.tenant, start = $start, tokens += $c.tokens_used RETURN NONE; \
+            UPSERT type::record('usage_daily', $day) SET tenant = $c.tenant, date = $date, tokens += $c.tokens_used RETURN NONE; \
             }; \
             COMMIT;";
         let vars = json!({
@@ -349,5 +351,66 @@ impl Store {
             done += count;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::super::Period;
+    use super::super::testing::{finished, run, store};
+
+    #[tokio::test]
+    async fn a_new_period_reserves_within_the_quotas_and_never_over() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        // Zero quotas refuse the first run of a period whose usage row does not exist yet.
+        for (runs, tokens) in [(0, 100), (5, 0)] {
+            let mut r = run("zero");
+            let reserved = store
+                .begin_run(&period, runs, tokens, &mut r)
+                .await
+                .unwrap();
+            assert!(reserved.is_none(), "quota runs {runs}, tokens {tokens}");
+        }
+        // A quota of 2: the first run creates the period, the second fits, the third is refused.
+        let mut seqs = Vec::new();
+        for _ in 0..2 {
+            let mut r = run("two");
+            assert!(
+                store
+                    .begin_run(&period, 2, 100, &mut r)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+            seqs.push(r.seq);
+        }
+        assert_eq!(seqs, [1, 2], "runs are numbered in order");
+        let mut r = run("two");
+        assert!(
+            store
+                .begin_run(&period, 2, 100, &mut r)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Settled tokens at the token quota refuse further runs.
+        let mut r = run("tokens");
+        let res = store
+            .begin_run(&period, 10, 7, &mut r)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.finish_run(&res, &finished(r, 7)).await.unwrap());
+        let mut r = run("tokens");
+        assert!(
+            store
+                .begin_run(&period, 10, 7, &mut r)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -1,0 +1,162 @@
+//! Times the store calls on the request path (authenticate, record a chat, begin and finish a
+//! run), one at a time and 16 at once, on an embedded store.
+//!
+//! `cargo run --release --example bench_db_calls -- [surrealkv://DIR | mem://] [N]`
+
+use std::time::{Duration, Instant};
+
+use ares::store::{ChatRecord, Period, RunRecord, RunStatus, Store};
+use chrono::Utc;
+
+fn pct(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
+    format!(
+        "p50 {:.3} ms  p99 {:.3} ms  (n={})",
+        at(0.5),
+        at(0.99),
+        v.len()
+    )
+}
+
+fn run_record(tenant: &str) -> RunRecord {
+    RunRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant: tenant.into(),
+        agent: "bench".into(),
+        agent_id: ares::engine::agent_id(tenant, "bench"),
+        seq: 0,
+        status: RunStatus::Running,
+        input: serde_json::json!({"message": "Evaluate this transaction", "context": {"amount": 15000}}),
+        output: None,
+        error: None,
+        started_at: Utc::now(),
+        finished_at: None,
+        duration_ms: None,
+        tokens_used: 0,
+    }
+}
+
+fn chat_record(tenant: &str) -> ChatRecord {
+    ChatRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant: tenant.into(),
+        model: "bench-model".into(),
+        finish_reason: "stop".into(),
+        tokens_used: 15,
+        created_at: Utc::now(),
+    }
+}
+
+async fn one_run(store: &Store, period: &Period) -> (Duration, Duration) {
+    let mut run = run_record("bench");
+    let t = Instant::now();
+    let r = store
+        .begin_run(period, u64::MAX / 4, u64::MAX / 4, &mut run)
+        .await
+        .expect("begin")
+        .expect("quota");
+    let begin = t.elapsed();
+    run.status = RunStatus::Completed;
+    run.output = Some(serde_json::json!({"answer": "ok"}));
+    run.finished_at = Some(Utc::now());
+    run.duration_ms = Some(1);
+    run.tokens_used = 15;
+    let t = Instant::now();
+    assert!(store.finish_run(&r, &run).await.expect("finish"));
+    (begin, t.elapsed())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let url = args.get(1).cloned().unwrap_or_else(|| "mem://".into());
+    let n: usize = args.get(2).map_or(Ok(500), |s| s.parse())?;
+    let store = Store::connect(&ares::config::DatabaseSettings {
+        url: url.clone(),
+        ..Default::default()
+    })
+    .await?;
+    store
+        .create_tenant("bench", "Bench", u64::MAX / 4, u64::MAX / 4, None)
+        .await?;
+    let key = store.create_key("bench", "bench", None).await?;
+    let period = Period::containing(Utc::now(), 1);
+    let start = period.start.date_naive();
+    println!("store: {url}");
+
+    for round in ["warm-up", "measured"] {
+        let (mut auth, mut chat, mut begin, mut finish) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..n {
+            let t = Instant::now();
+            store.authenticate(&key.secret, start).await?.expect("key");
+            auth.push(t.elapsed());
+            let t = Instant::now();
+            store.record_chat(&chat_record("bench"), &period).await?;
+            chat.push(t.elapsed());
+            let (b, f) = one_run(&store, &period).await;
+            begin.push(b);
+            finish.push(f);
+        }
+        if round == "warm-up" {
+            continue;
+        }
+        println!("sequential authenticate   {}", pct(auth));
+        println!("sequential record_chat    {}", pct(chat));
+        println!("sequential begin_run      {}", pct(begin));
+        println!("sequential finish_run     {}", pct(finish));
+    }
+
+    for c in [16usize] {
+        let rounds = n / c;
+        let (mut auth, mut chat, mut runs) = (vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            let tasks: Vec<_> = (0..c)
+                .map(|_| {
+                    let (store, secret) = (store.clone(), key.secret.clone());
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        store.authenticate(&secret, start).await.unwrap();
+                        t.elapsed()
+                    })
+                })
+                .collect();
+            for t in tasks {
+                auth.push(t.await?);
+            }
+            let tasks: Vec<_> = (0..c)
+                .map(|_| {
+                    let (store, period) = (store.clone(), period);
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        store
+                            .record_chat(&chat_record("bench"), &period)
+                            .await
+                            .unwrap();
+                        t.elapsed()
+                    })
+                })
+                .collect();
+            for t in tasks {
+                chat.push(t.await?);
+            }
+            let tasks: Vec<_> = (0..c)
+                .map(|_| {
+                    let (store, period) = (store.clone(), period);
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        one_run(&store, &period).await;
+                        t.elapsed()
+                    })
+                })
+                .collect();
+            for t in tasks {
+                runs.push(t.await?);
+            }
+        }
+        println!("{c} at once authenticate   {}", pct(auth));
+        println!("{c} at once record_chat    {}", pct(chat));
+        println!("{c} at once begin+finish   {}", pct(runs));
+    }
+    Ok(())
+}
