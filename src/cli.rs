@@ -233,10 +233,16 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
     block_on_code(async { f.await.map(|()| ExitCode::SUCCESS) })
 }
 
+/// Stack of each runtime thread. Database calls run inside request handlers, and SurrealDB's
+/// query execution nests deep futures (far deeper in a debug build than in release): 2 MiB,
+/// the default, is not always enough. Only the pages touched are backed by memory.
+const STACK_SIZE: usize = 8 << 20;
+
 fn block_on_code(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(STACK_SIZE)
         .build()
     {
         Ok(r) => r,

@@ -6,6 +6,7 @@
 mod check;
 mod instances;
 mod keys;
+mod ledger;
 mod migrations;
 mod retention;
 mod runs;
@@ -69,6 +70,8 @@ pub struct Store {
     /// How long one database call may take before it counts as `unavailable`.
     timeout: Duration,
     health: Arc<Health>,
+    /// The group-commit writer of chats and runs (`None` on the writer's own handle).
+    ledger: Option<Arc<ledger::Ledger>>,
 }
 
 /// Whether the database answers. Once a call finds it unreachable, calls fail at once (503)
@@ -107,13 +110,15 @@ impl Store {
             .use_db(settings.database.as_str())
             .await
             .map_err(classify)?;
-        let store = Store {
+        let mut store = Store {
             db,
             instance: uuid::Uuid::now_v7().to_string().into(),
             timeout: settings.timeout.0,
             health: Arc::default(),
+            ledger: None,
         };
         migrations::apply(&store).await?;
+        store.ledger = Some(ledger::Ledger::start(&store));
         Ok(store)
     }
 

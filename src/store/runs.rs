@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::ledger::{Op, Outcome};
 use super::usage::Period;
 use super::{Result, Store, StoreError};
 
@@ -94,7 +95,7 @@ pub(super) fn reservation(tenant: &str, period: &Period, at: DateTime<Utc>) -> R
 }
 
 /// The boolean a query's last statement returned (`false` when there is none).
-fn last_bool(out: &[Vec<Value>]) -> bool {
+pub(super) fn last_bool(out: &[Vec<Value>]) -> bool {
     out.iter()
         .rev()
         .find_map(|rows| match rows.as_slice() {
@@ -159,34 +160,22 @@ impl Store {
         run: &mut RunRecord,
     ) -> Result<Option<Reservation>> {
         let r = reservation(&run.tenant, period, run.started_at);
-        // The period's row is made on its first run (an UPSERT ignores its condition when it
-        // creates), then the reservation is a conditional update of it.
-        let sql = "BEGIN; \
-            UPSERT type::record('usage_period', $key) SET tenant = $r.tenant, start = $start \
-              WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN NONE; \
-            LET $ok = array::len((UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
-              WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN VALUE reserved_runs)) > 0; \
-            LET $seq = IF $ok { (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
-              created_at = created_at ?? time::now(), run_seq += 1 RETURN VALUE run_seq)[0] } ELSE { NONE }; \
-            IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
-              tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
-              started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance } RETURN NONE; }; \
-            RETURN $seq; \
-            COMMIT;";
-        let vars = json!({
-            "r": &*run, "key": r.period_key, "start": period.start.date_naive().to_string(),
-            "qr": quota_runs, "qt": quota_tokens, "instance": &*self.instance,
-        });
-        let out = self.run_retrying(sql, vars).await?;
-        // The last statement's value: the run's number, or nothing when the quota refused.
-        let seq = out.iter().rev().find_map(|rows| match rows.as_slice() {
-            [v] => v.as_u64(),
-            _ => None,
-        });
-        Ok(seq.map(|seq| {
-            run.seq = seq;
-            r
-        }))
+        let op = Op::Begin {
+            period: *period,
+            quota_runs,
+            quota_tokens,
+            run: run.clone(),
+        };
+        match self.write(op).await? {
+            Outcome::Begin(Some(seq)) => {
+                run.seq = seq;
+                Ok(Some(r))
+            }
+            Outcome::Begin(None) => Ok(None),
+            other => Err(StoreError::Internal(anyhow::anyhow!(
+                "a run start answered {other:?}"
+            ))),
+        }
     }
 
     /// Stores the final state of a run and, in the same transaction, settles its reservation
@@ -196,29 +185,19 @@ impl Store {
     /// real outcome and tokens, once. `false` when there was nothing to settle.
     #[tracing::instrument(skip(self, run, reservation), fields(run = %run.id))]
     pub async fn finish_run(&self, reservation: &Reservation, run: &RunRecord) -> Result<bool> {
+        let op = Op::Settle {
+            reservation: reservation.clone(),
+            run: run.clone(),
+        };
+        // The usual case: the run is still `running`; it settles with its counters.
+        if self.write(op).await? == Outcome::Settle(true) {
+            return Ok(true);
+        }
         let vars = json!({
             "r": run, "period": reservation.period_key, "day": reservation.day_key,
             "tenant": reservation.tenant, "date": reservation.date,
             "completed": u64::from(run.status == RunStatus::Completed),
         });
-        // The usual case: the run is still `running`; it settles with its counters.
-        let settle = "BEGIN; \
-            LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
-              output = $r.output ?? NONE, error = $r.error ?? NONE, \
-              finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
-              tokens_used = $r.tokens_used WHERE status = 'running' RETURN VALUE run_id); \
-            IF array::len($done) > 0 { \
-              UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used RETURN NONE; \
-              UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
-              UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
-                created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
-                last_run = <datetime>$r.started_at RETURN NONE; \
-            }; \
-            RETURN array::len($done) > 0; \
-            COMMIT;";
-        if last_bool(&self.run_retrying(settle, vars.clone()).await?) {
-            return Ok(true);
-        }
         // Failed as interrupted meanwhile (already counted as a run): the real outcome and
         // its tokens replace the interruption, once.
         let amend = "BEGIN; \
@@ -240,20 +219,11 @@ impl Store {
     /// chat already stored is not counted again.
     #[tracing::instrument(skip(self, chat, period), fields(chat = %chat.id))]
     pub async fn record_chat(&self, chat: &ChatRecord, period: &Period) -> Result<()> {
-        let r = reservation(&chat.tenant, period, chat.created_at);
-        let sql = "BEGIN; \
-            IF !record::exists(type::record('chat', $c.id)) { \
-            CREATE type::record('chat', $c.id) CONTENT { tenant: $c.tenant, model: $c.model, \
-              finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at } RETURN NONE; \
-            UPSERT type::record('usage_period', $period) SET tenant = $c.tenant, start = $start, tokens += $c.tokens_used RETURN NONE; \
-            UPSERT type::record('usage_daily', $day) SET tenant = $c.tenant, date = $date, tokens += $c.tokens_used RETURN NONE; \
-            }; \
-            COMMIT;";
-        let vars = json!({
-            "c": chat, "period": r.period_key, "day": r.day_key, "date": r.date,
-            "start": period.start.date_naive().to_string(),
-        });
-        self.run_retrying(sql, vars).await?;
+        let op = Op::Chat {
+            chat: chat.clone(),
+            period: *period,
+        };
+        self.write(op).await?;
         Ok(())
     }
 

@@ -1,0 +1,684 @@
+//! Group commit for the writes that move a tenant's counters: chats, run starts and run
+//! settlements wait here, and one worker per shard writes all that are waiting in one
+//! transaction.
+//!
+//! Every such write touches the tenant's `usage_period` row (and a run's `agent_state` row),
+//! so concurrent requests of one tenant would otherwise conflict on those rows and run again
+//! and again. A tenant always lands on the same shard, so within an instance its writes never
+//! race each other (but for the one write an idle shard takes directly, below); instances
+//! sharing a database still can, and a lost race runs the whole batch again. Nothing waits to
+//! fill a batch: a write to an idle shard is made at once by its caller, and a worker takes
+//! whatever queued meanwhile when it is free, so a busy server writes many per commit.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::runs::{ChatRecord, Reservation, RunRecord, RunStatus, last_bool, reservation};
+use super::usage::Period;
+use super::{Result, Store, StoreError};
+
+/// Workers per store: tenants are spread over them by a hash of their slug.
+const SHARDS: usize = 4;
+/// Most writes in one transaction.
+const MAX_BATCH: usize = 64;
+
+/// One write that waits for its batch.
+#[derive(Debug, Clone)]
+pub(super) enum Op {
+    /// Store a finished chat and add its tokens to usage (once, whatever the retries).
+    Chat { chat: ChatRecord, period: Period },
+    /// Reserve a run within the quotas, number it and store it as `running`.
+    Begin {
+        period: Period,
+        quota_runs: u64,
+        quota_tokens: u64,
+        run: RunRecord,
+    },
+    /// Store a `running` run's final state and settle its reservation and counters.
+    Settle {
+        reservation: Reservation,
+        run: RunRecord,
+    },
+}
+
+impl Op {
+    fn tenant(&self) -> &str {
+        match self {
+            Op::Chat { chat, .. } => &chat.tenant,
+            Op::Begin { run, .. } | Op::Settle { run, .. } => &run.tenant,
+        }
+    }
+}
+
+/// What a write came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Chat,
+    /// The run's number, or `None` when the quota refused it.
+    Begin(Option<u64>),
+    /// Whether the run was still `running` and is now settled.
+    Settle(bool),
+}
+
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+/// The queues of a store's workers.
+pub(super) struct Ledger {
+    shards: Vec<Shard>,
+    /// The handle writes go through (one without a ledger).
+    direct: Store,
+}
+
+struct Shard {
+    queue: mpsc::UnboundedSender<Pending>,
+    /// Writes waiting in the queue.
+    queued: Arc<AtomicUsize>,
+    /// Held while a write of this shard runs: one at a time, so they never race each other.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Ledger {
+    /// Starts the workers; they write through `store` (a handle without a ledger) and stop
+    /// when the last handle with this ledger is dropped.
+    pub(super) fn start(store: &Store) -> Arc<Ledger> {
+        let shards = (0..SHARDS)
+            .map(|_| {
+                let (queue, rx) = mpsc::unbounded_channel();
+                let shard = Shard {
+                    queue,
+                    queued: Arc::default(),
+                    gate: Arc::default(),
+                };
+                tokio::spawn(work(
+                    store.clone(),
+                    rx,
+                    Arc::clone(&shard.queued),
+                    Arc::clone(&shard.gate),
+                ));
+                shard
+            })
+            .collect();
+        Arc::new(Ledger {
+            shards,
+            direct: store.clone(),
+        })
+    }
+
+    /// Writes `op` at once when its tenant's shard is idle (no hand-off to another task);
+    /// otherwise queues it on the shard and waits for its batch to commit.
+    pub(super) async fn submit(&self, op: Op) -> Result<Outcome> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        op.tenant().hash(&mut hasher);
+        let shard = &self.shards[hasher.finish() as usize % self.shards.len()];
+        if shard.queued.load(Ordering::Acquire) == 0
+            && let Ok(_gate) = Arc::clone(&shard.gate).try_lock_owned()
+        {
+            return self.direct.write_one(&op).await;
+        }
+        let stopped = || StoreError::Internal(anyhow::anyhow!("the store's writer stopped"));
+        let (reply, answer) = oneshot::channel();
+        shard.queued.fetch_add(1, Ordering::AcqRel);
+        if shard.queue.send(Pending { op, reply }).is_err() {
+            shard.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn work(
+    store: Store,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    queued: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+) {
+    while let Some(first) = queue.recv().await {
+        // Wait for a write made directly by its caller; more queue meanwhile.
+        let _gate = gate.lock().await;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
+        match store.write_batch(&ops).await {
+            Ok(outcomes) => {
+                for (p, o) in batch.into_iter().zip(outcomes) {
+                    let _ = p.reply.send(Ok(o));
+                }
+            }
+            // One bad write must not fail its neighbours: write them one by one.
+            Err(StoreError::Internal(e)) if batch.len() > 1 => {
+                tracing::warn!(error = %format!("{e:#}"), writes = batch.len(), "a batch failed; writing its writes one by one");
+                for p in batch {
+                    let one = store.write_one(&p.op).await;
+                    let _ = p.reply.send(one);
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(e.duplicate()));
+                }
+            }
+        }
+    }
+}
+
+impl StoreError {
+    /// The same error for another caller.
+    fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+            StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
+            StoreError::Internal(e) => StoreError::Internal(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
+/// Where an op's answer is in the transaction's result.
+enum Slot {
+    Chat,
+    Begin { group: usize, index: usize },
+    Settle { group: usize, run_id: String },
+}
+
+/// One group of a batch: the ops that share the rows a fragment of the script writes.
+struct Group {
+    vars: Map<String, Value>,
+    items: Vec<Value>,
+}
+
+/// Groups in first-seen order, by key.
+#[derive(Default)]
+struct Groups {
+    index: HashMap<String, usize>,
+    list: Vec<Group>,
+}
+
+impl Groups {
+    /// Adds `item` to the group `key` (made with `vars` when new); returns the group and the
+    /// item's position in it.
+    fn add(
+        &mut self,
+        key: String,
+        vars: impl FnOnce() -> Map<String, Value>,
+        item: Value,
+    ) -> (usize, usize) {
+        let g = *self.index.entry(key).or_insert_with(|| {
+            self.list.push(Group {
+                vars: vars(),
+                items: Vec::new(),
+            });
+            self.list.len() - 1
+        });
+        self.list[g].items.push(item);
+        (g, self.list[g].items.len() - 1)
+    }
+
+    fn bind(self, prefix: &str, items: &str, out: &mut Map<String, Value>) -> usize {
+        let n = self.list.len();
+        for (i, mut g) in self.list.into_iter().enumerate() {
+            g.vars.insert(items.into(), Value::Array(g.items));
+            out.insert(format!("{prefix}{i}"), Value::Object(g.vars));
+        }
+        n
+    }
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+impl Store {
+    /// Writes `op` with whatever else is waiting (or alone, on a handle without a ledger).
+    pub(super) async fn write(&self, op: Op) -> Result<Outcome> {
+        match &self.ledger {
+            Some(ledger) => ledger.submit(op).await,
+            None => self.write_one(&op).await,
+        }
+    }
+
+    /// Writes one op in its own transaction, with statements made for one (cheaper than a
+    /// batch's loops over one item; same effects).
+    async fn write_one(&self, op: &Op) -> Result<Outcome> {
+        match op {
+            Op::Chat { chat, period } => {
+                let r = reservation(&chat.tenant, period, chat.created_at);
+                let sql = "BEGIN; \
+                    IF !record::exists(type::record('chat', $c.id)) { \
+                    CREATE type::record('chat', $c.id) CONTENT { tenant: $c.tenant, model: $c.model, \
+                      finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at } RETURN NONE; \
+                    UPSERT type::record('usage_period', $period) SET tenant = $c.tenant, start = $start, tokens += $c.tokens_used RETURN NONE; \
+                    UPSERT type::record('usage_daily', $day) SET tenant = $c.tenant, date = $date, tokens += $c.tokens_used RETURN NONE; \
+                    }; \
+                    COMMIT;";
+                let vars = json!({
+                    "c": chat, "period": r.period_key, "day": r.day_key, "date": r.date,
+                    "start": period.start.date_naive().to_string(),
+                });
+                self.run_retrying(sql, vars).await?;
+                Ok(Outcome::Chat)
+            }
+            Op::Begin {
+                period,
+                quota_runs,
+                quota_tokens,
+                run,
+            } => {
+                let r = reservation(&run.tenant, period, run.started_at);
+                // The period's row is made on its first run (an UPSERT ignores its condition
+                // when it creates), then the reservation is a conditional update of it.
+                let sql = "BEGIN; \
+                    UPSERT type::record('usage_period', $key) SET tenant = $r.tenant, start = $start \
+                      WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN NONE; \
+                    LET $ok = array::len((UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
+                      WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN VALUE reserved_runs)) > 0; \
+                    LET $seq = IF $ok { (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
+                      created_at = created_at ?? time::now(), run_seq += 1 RETURN VALUE run_seq)[0] } ELSE { NONE }; \
+                    IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
+                      tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
+                      started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance } RETURN NONE; }; \
+                    RETURN $seq; \
+                    COMMIT;";
+                let vars = json!({
+                    "r": run, "key": r.period_key, "start": period.start.date_naive().to_string(),
+                    "qr": quota_runs, "qt": quota_tokens, "instance": &*self.instance,
+                });
+                let out = self.run_retrying(sql, vars).await?;
+                // The last statement's value: the run's number, or nothing when refused.
+                Ok(Outcome::Begin(out.iter().rev().find_map(
+                    |rows| match rows.as_slice() {
+                        [v] => v.as_u64(),
+                        _ => None,
+                    },
+                )))
+            }
+            Op::Settle { reservation, run } => {
+                let sql = "BEGIN; \
+                    LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
+                      output = $r.output ?? NONE, error = $r.error ?? NONE, \
+                      finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
+                      tokens_used = $r.tokens_used WHERE status = 'running' RETURN VALUE run_id); \
+                    IF array::len($done) > 0 { \
+                      UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used RETURN NONE; \
+                      UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
+                      UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
+                        created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
+                        last_run = <datetime>$r.started_at RETURN NONE; \
+                    }; \
+                    RETURN array::len($done) > 0; \
+                    COMMIT;";
+                let vars = json!({
+                    "r": run, "period": reservation.period_key, "day": reservation.day_key,
+                    "tenant": reservation.tenant, "date": reservation.date,
+                    "completed": u64::from(run.status == RunStatus::Completed),
+                });
+                Ok(Outcome::Settle(last_bool(
+                    &self.run_retrying(sql, vars).await?,
+                )))
+            }
+        }
+    }
+
+    /// Writes `ops` in one transaction and answers each, in order. Chats are stored and
+    /// counted once per chat id; runs settle once; run starts are granted in order while the
+    /// quotas allow, numbered consecutively per agent.
+    pub(super) async fn write_batch(&self, ops: &[Op]) -> Result<Vec<Outcome>> {
+        if let [op] = ops {
+            return Ok(vec![self.write_one(op).await?]);
+        }
+        let (mut chats, mut settles, mut begins) =
+            (Groups::default(), Groups::default(), Groups::default());
+        let mut seen = std::collections::HashSet::new();
+        let mut slots = Vec::with_capacity(ops.len());
+        for op in ops {
+            slots.push(match op {
+                Op::Chat { chat, period } => {
+                    let r = reservation(&chat.tenant, period, chat.created_at);
+                    // The same chat twice in one batch would be counted twice.
+                    if seen.insert(("chat", chat.id.as_str())) {
+                        let vars = || {
+                            obj(json!({"tenant": chat.tenant, "period": r.period_key, "day": r.day_key,
+                                "date": r.date, "start": period.start.date_naive().to_string()}))
+                        };
+                        chats.add(format!("{}\n{}", r.period_key, r.day_key), vars, json!(chat));
+                    }
+                    Slot::Chat
+                }
+                Op::Settle { reservation: r, run } => {
+                    let key = format!("{}\n{}\n{}", r.period_key, r.day_key, run.agent_id);
+                    if seen.insert(("run", run.id.as_str())) {
+                        let vars = || {
+                            obj(json!({"tenant": r.tenant, "period": r.period_key, "day": r.day_key,
+                                "date": r.date, "agent_id": run.agent_id, "agent": run.agent}))
+                        };
+                        let mut item = obj(json!(run));
+                        item.insert(
+                            "completed".into(),
+                            json!(u64::from(run.status == RunStatus::Completed)),
+                        );
+                        settles.add(key.clone(), vars, Value::Object(item));
+                    }
+                    Slot::Settle {
+                        group: settles.index[&key],
+                        run_id: run.id.clone(),
+                    }
+                }
+                Op::Begin {
+                    period,
+                    quota_runs,
+                    quota_tokens,
+                    run,
+                } => {
+                    let r = reservation(&run.tenant, period, run.started_at);
+                    let key = format!("{}\n{}", r.period_key, run.agent_id);
+                    let vars = || {
+                        obj(json!({"tenant": run.tenant, "key": r.period_key, "agent": run.agent,
+                            "agent_id": run.agent_id, "start": period.start.date_naive().to_string(),
+                            "qr": quota_runs, "qt": quota_tokens}))
+                    };
+                    let (group, index) = begins.add(key, vars, json!(run));
+                    // A group takes the smallest quotas its callers saw (they may have read the
+                    // tenant before and after a quota change).
+                    let g = &mut begins.list[group].vars;
+                    for (name, q) in [("qr", quota_runs), ("qt", quota_tokens)] {
+                        if g[name].as_u64().is_some_and(|v| *q < v) {
+                            g.insert(name.into(), json!(q));
+                        }
+                    }
+                    Slot::Begin { group, index }
+                }
+            });
+        }
+
+        let mut vars = Map::new();
+        vars.insert("instance".into(), json!(&*self.instance));
+        let n_chats = chats.bind("c", "chats", &mut vars);
+        let n_settles = settles.bind("s", "runs", &mut vars);
+        let n_begins = begins.bind("b", "runs", &mut vars);
+        let sql = script(n_chats, n_settles, n_begins);
+        let out = self.run_retrying(&sql, Value::Object(vars)).await?;
+        let answer = out
+            .into_iter()
+            .rev()
+            .find_map(|rows| rows.into_iter().next())
+            .unwrap_or(Value::Null);
+
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Chat => Ok(Outcome::Chat),
+                Slot::Settle { group, run_id } => {
+                    let settled = answer[format!("s{group}")]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(&run_id)));
+                    Ok(Outcome::Settle(settled))
+                }
+                Slot::Begin { group, index } => {
+                    let g = &answer[format!("b{group}")];
+                    match (g["n"].as_u64(), g["base"].as_u64()) {
+                        (Some(n), Some(base)) => {
+                            let index = index as u64;
+                            Ok(Outcome::Begin((index < n).then_some(base + index + 1)))
+                        }
+                        _ => Err(StoreError::Internal(anyhow::anyhow!(
+                            "a batch of writes answered without run numbers: {answer}"
+                        ))),
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// The transaction for `chats` chat groups (by period and day), `settles` settlement groups
+/// (by period, day and agent) and `begins` run-start groups (by period and agent), bound as
+/// `$c0..`, `$s0..`, `$b0..`. Chats and settlements come first, so that run
+/// starts see the tokens they add.
+fn script(chats: usize, settles: usize, begins: usize) -> String {
+    let mut sql = String::from("BEGIN;\n");
+    for i in 0..chats {
+        let _ = write!(
+            sql,
+            "LET $cn{i} = $c{i}.chats.filter(|$c| !record::exists(type::record('chat', $c.id)));
+FOR $c IN $cn{i} {{ CREATE type::record('chat', $c.id) CONTENT {{ tenant: $c.tenant, model: $c.model,
+  finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at }} RETURN NONE; }};
+IF array::len($cn{i}) > 0 {{
+  UPSERT type::record('usage_period', $c{i}.period) SET tenant = $c{i}.tenant, start = $c{i}.start,
+    tokens += math::sum($cn{i}.tokens_used) RETURN NONE;
+  UPSERT type::record('usage_daily', $c{i}.day) SET tenant = $c{i}.tenant, date = $c{i}.date,
+    tokens += math::sum($cn{i}.tokens_used) RETURN NONE;
+}};
+"
+        );
+    }
+    for i in 0..settles {
+        let _ = write!(
+            sql,
+            "LET $sd{i} = $s{i}.runs.filter(|$r| type::record('run', [$r.agent_id, $r.seq]).status = 'running');
+FOR $r IN $sd{i} {{
+  UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, output = $r.output ?? NONE,
+    error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE),
+    duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used RETURN NONE;
+}};
+IF array::len($sd{i}) > 0 {{
+  UPDATE type::record('usage_period', $s{i}.period) SET runs += array::len($sd{i}),
+    reserved_runs -= array::len($sd{i}), tokens += math::sum($sd{i}.tokens_used) RETURN NONE;
+  UPSERT type::record('usage_daily', $s{i}.day) SET tenant = $s{i}.tenant, date = $s{i}.date,
+    runs += array::len($sd{i}), tokens += math::sum($sd{i}.tokens_used) RETURN NONE;
+  UPSERT type::record('agent_state', $s{i}.agent_id) SET tenant = $s{i}.tenant, name = $s{i}.agent,
+    created_at = created_at ?? time::now(), total_runs += array::len($sd{i}),
+    completed_runs += math::sum($sd{i}.completed),
+    last_run = array::max($sd{i}.map(|$r| <datetime>$r.started_at)) RETURN NONE;
+}};
+"
+        );
+    }
+    for i in 0..begins {
+        // An UPSERT that creates ignores its condition: this makes a new period's row and
+        // leaves an existing one alone.
+        let _ = write!(
+            sql,
+            "UPSERT type::record('usage_period', $b{i}.key) SET tenant = $b{i}.tenant, start = $b{i}.start WHERE false RETURN NONE;
+LET $bp{i} = type::record('usage_period', $b{i}.key).{{runs, reserved_runs, tokens}};
+LET $bn{i} = IF $bp{i}.tokens < $b{i}.qt {{
+  math::min([array::len($b{i}.runs), math::max([0, $b{i}.qr - $bp{i}.runs - $bp{i}.reserved_runs])]) }} ELSE {{ 0 }};
+LET $bb{i} = type::record('agent_state', $b{i}.agent_id).run_seq ?? 0;
+IF $bn{i} > 0 {{
+  UPDATE type::record('usage_period', $b{i}.key) SET reserved_runs += $bn{i} RETURN NONE;
+  UPSERT type::record('agent_state', $b{i}.agent_id) SET tenant = $b{i}.tenant, name = $b{i}.agent,
+    created_at = created_at ?? time::now(), run_seq += $bn{i} RETURN NONE;
+  INSERT INTO run array::slice($b{i}.runs, 0, $bn{i}).map(|$r, $k| {{
+    id: type::record('run', [$r.agent_id, $bb{i} + $k + 1]), run_id: $r.run_id, seq: $bb{i} + $k + 1,
+    tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input,
+    started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance }}) RETURN NONE;
+}};
+"
+        );
+    }
+    sql.push_str("RETURN {");
+    let fields: Vec<String> = (0..settles)
+        .map(|i| format!("s{i}: $sd{i}.run_id"))
+        .chain((0..begins).map(|i| format!("b{i}: {{ n: $bn{i}, base: $bb{i} }}")))
+        .collect();
+    sql.push_str(&fields.join(", "));
+    sql.push_str("};\nCOMMIT;");
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::super::testing::{finished, run, store};
+    use super::super::{ChatRecord, Period};
+    use super::{Op, Outcome};
+
+    fn chat(id: &str, tokens: u64) -> ChatRecord {
+        ChatRecord {
+            id: id.into(),
+            tenant: "acme".into(),
+            model: "m".into(),
+            finish_reason: "stop".into(),
+            tokens_used: tokens,
+            created_at: Utc::now(),
+        }
+    }
+
+    async fn usage_row(store: &super::Store, period: &Period) -> serde_json::Value {
+        let key = format!("acme|{}", period.start.date_naive());
+        store
+            .run(
+                "SELECT runs, reserved_runs, tokens FROM type::record('usage_period', $k)",
+                json!({"k": key}),
+            )
+            .await
+            .unwrap()[0][0]
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn one_batch_grants_in_order_within_the_quota_and_counts_each_chat_once() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        let mut ops: Vec<Op> = ["a", "b", "a"]
+            .iter()
+            .map(|id| Op::Chat {
+                chat: chat(id, 5),
+                period,
+            })
+            .collect();
+        let runs: Vec<_> = (0..5).map(|_| run("acme")).collect();
+        ops.extend(runs.iter().map(|r| Op::Begin {
+            period,
+            quota_runs: 3,
+            quota_tokens: 1000,
+            run: r.clone(),
+        }));
+        let out = store.write_batch(&ops).await.unwrap();
+        assert_eq!(out[..3], [Outcome::Chat; 3]);
+        assert_eq!(
+            out[3..],
+            [
+                Outcome::Begin(Some(1)),
+                Outcome::Begin(Some(2)),
+                Outcome::Begin(Some(3)),
+                Outcome::Begin(None),
+                Outcome::Begin(None)
+            ]
+        );
+        assert_eq!(
+            usage_row(&store, &period).await,
+            json!({"runs": 0, "reserved_runs": 3, "tokens": 10}),
+            "chat `a` counted once"
+        );
+        // The same chat again, in a later batch, is not counted again.
+        store
+            .write_batch(&[Op::Chat {
+                chat: chat("b", 5),
+                period,
+            }])
+            .await
+            .unwrap();
+
+        // Settling two runs in one batch, one of them twice, counts each once.
+        let reservation = super::reservation("acme", &period, runs[0].started_at);
+        let settle = |i: usize, seq: u64| Op::Settle {
+            reservation: reservation.clone(),
+            run: {
+                let mut r = finished(runs[i].clone(), 7);
+                r.seq = seq;
+                r
+            },
+        };
+        let out = store
+            .write_batch(&[settle(0, 1), settle(1, 2), settle(0, 1)])
+            .await
+            .unwrap();
+        assert_eq!(out, [Outcome::Settle(true); 3]);
+        let out = store.write_batch(&[settle(1, 2)]).await.unwrap();
+        assert_eq!(out, [Outcome::Settle(false)], "already settled");
+        assert_eq!(
+            usage_row(&store, &period).await,
+            json!({"runs": 2, "reserved_runs": 1, "tokens": 24})
+        );
+        // Agent counters, usage and runs agree; the third run is still running, on an
+        // instance that holds no lease.
+        let report = store.check(1).await.unwrap();
+        let found: Vec<_> = report.violations.iter().map(|v| v.invariant).collect();
+        assert_eq!(found, ["orphaned_run"], "{:?}", report.violations);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_batches_and_never_overshoot() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        store
+                            .record_chat(&chat(&format!("c{i}"), 2), &period)
+                            .await
+                            .map(|_| None)
+                    } else {
+                        let mut r = run("acme");
+                        store
+                            .begin_run(&period, 7, 1000, &mut r)
+                            .await
+                            .map(|res| res.map(|_| r.seq))
+                    }
+                })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            if let Some(seq) = t.await.unwrap().unwrap() {
+                seqs.push(seq);
+            }
+        }
+        seqs.sort();
+        assert_eq!(
+            seqs,
+            (1..=7).collect::<Vec<_>>(),
+            "7 granted, numbered 1 to 7"
+        );
+        assert_eq!(
+            usage_row(&store, &period).await,
+            json!({"runs": 0, "reserved_runs": 7, "tokens": 40})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_write_fails_alone() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        // Tokens beyond the database's integers: this chat cannot be stored.
+        let chats = (0..9).map(|i| chat(&format!("c{i}"), if i == 4 { u64::MAX } else { 1 }));
+        let results = futures_util::future::join_all(chats.map(|c| {
+            let store = store.clone();
+            async move { store.record_chat(&c, &period).await }
+        }))
+        .await;
+        let failed: Vec<usize> = (0..9).filter(|i| results[*i].is_err()).collect();
+        assert_eq!(failed, [4]);
+        assert_eq!(usage_row(&store, &period).await["tokens"], 8);
+    }
+}
