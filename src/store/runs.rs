@@ -105,8 +105,6 @@ pub(super) fn last_bool(out: &[Vec<Value>]) -> bool {
         .unwrap_or(false)
 }
 
-const RUN_FIELDS: &str = "run_id, tenant, agent, agent_id, status, input, output, error, started_at, finished_at, duration_ms, tokens_used";
-
 /// Attempts at a statement that lost a write race to another transaction.
 const CONFLICT_RETRIES: usize = 50;
 
@@ -228,8 +226,8 @@ impl Store {
     }
 
     /// A page of one agent's runs, newest first: the runs numbered `state.run_seq - offset`
-    /// down (not below those retention deleted), fetched by record id — a page costs the same
-    /// whatever the length of the history.
+    /// down (not below those retention deleted), read as one range of record ids — a page
+    /// costs the same whatever the length of the history.
     #[tracing::instrument(skip(self, state))]
     pub async fn runs(
         &self,
@@ -240,17 +238,18 @@ impl Store {
     ) -> Result<Vec<RunRecord>> {
         let hi = state.run_seq.saturating_sub(offset);
         let lo = hi.saturating_sub(limit).max(state.purged_seq);
-        let seqs: Vec<u64> = (lo + 1..=hi).rev().collect();
-        if seqs.is_empty() {
+        if hi <= lo {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "RETURN $seqs.map(|$s| type::record('run', [$agent, $s]).{{{RUN_FIELDS}}}).filter(|$r| $r.run_id != NONE);"
-        );
-        let out = self
-            .run(&sql, json!({"agent": agent_id, "seqs": seqs}))
+        // Whole records: a projection costs an expression per field per row, more than
+        // decoding the few fields a run has beyond `RunRecord`'s.
+        let sql = "SELECT * FROM run:[$agent, $lo]..=[$agent, $hi]";
+        let mut page: Vec<RunRecord> = self
+            .rows(sql, json!({"agent": agent_id, "lo": lo + 1, "hi": hi}), 0)
             .await?;
-        super::decode_returned(out, "a run")
+        // The range comes oldest first.
+        page.reverse();
+        Ok(page)
     }
 
     /// Counters of the given agents (by agent id), recording now as first-seen for new ones.
