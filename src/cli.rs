@@ -183,13 +183,14 @@ async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode>
                 println!("{v}");
             }
             eprintln!(
-                "{}: {} runs, {} chats, {} tenant-days, {} periods, {} agents checked; {} violations",
+                "{}: {} runs, {} chats, {} tenant-days, {} periods, {} agents, {} keys checked; {} violations",
                 crate::store::redact_url(&settings.database.url),
                 report.runs,
                 report.chats,
                 report.tenant_days,
                 report.periods,
                 report.agents,
+                report.keys,
                 report.violations.len()
             );
         }

@@ -13,7 +13,8 @@ use super::{Result, Store};
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
-    /// Which invariant: `orphaned_run`, `daily_usage`, `period_usage`, `reservations`, `agent_counters`.
+    /// Which invariant: `orphaned_run`, `daily_usage`, `period_usage`, `reservations`,
+    /// `agent_counters`, `key_credentials`.
     pub invariant: &'static str,
     /// What it concerns (a run, a tenant's day or period, an agent).
     pub subject: String,
@@ -34,6 +35,7 @@ pub struct CheckReport {
     pub tenant_days: u64,
     pub periods: u64,
     pub agents: u64,
+    pub keys: u64,
     pub violations: Vec<Violation>,
 }
 
@@ -80,6 +82,14 @@ struct AgentRow {
 }
 
 #[derive(Deserialize)]
+struct KeyRow {
+    key_id: String,
+    tenant: String,
+    /// The key id its credential names (`None` when there is no credential).
+    credential: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct Running {
     tenant: String,
     started_at: DateTime<Utc>,
@@ -116,6 +126,8 @@ impl Store {
             SELECT agent_id, math::max(seq) AS n FROM run GROUP BY agent_id; \
             SELECT <string> record::id(id) AS agent_id, tenant, name, total_runs, completed_runs, run_seq FROM agent_state; \
             SELECT tenant, started_at FROM run WHERE status = 'running'; \
+            SELECT key_id, tenant, type::record('credential', hash).key_id AS credential FROM api_key \
+              WHERE revoked_at = NONE; \
             COMMIT;";
         // The first result is BEGIN's.
         let mut out = self.run(sql, json!({})).await?.into_iter().skip(1);
@@ -129,6 +141,7 @@ impl Store {
         let top_seq: Vec<AgentCount> = decode(next(), "run numbers")?;
         let agents: Vec<AgentRow> = decode(next(), "agent_state")?;
         let running: Vec<Running> = decode(next(), "running runs")?;
+        let keys: Vec<KeyRow> = decode(next(), "api keys")?;
         let horizon = self.retention_horizon().await?.map(|h| h.date_naive());
 
         let mut report = CheckReport {
@@ -136,8 +149,23 @@ impl Store {
             chats: chat_days.iter().map(|d| d.runs).sum(),
             periods: periods.len() as u64,
             agents: agents.len() as u64,
+            keys: keys.len() as u64,
             ..Default::default()
         };
+
+        // Every live key can authenticate: its credential names it.
+        for k in &keys {
+            if k.credential.as_deref() != Some(k.key_id.as_str()) {
+                report.violations.push(Violation {
+                    invariant: "key_credentials",
+                    subject: format!("key {} of tenant {}", k.key_id, k.tenant),
+                    message: match &k.credential {
+                        None => "the key has no credential record: it cannot authenticate".into(),
+                        Some(other) => format!("its secret's credential names key {other}"),
+                    },
+                });
+            }
+        }
 
         for run in self.orphaned_runs().await? {
             report.violations.push(Violation {

@@ -252,7 +252,11 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        let report = store.check(1).await.unwrap();
+        let found: Vec<_> = report.violations.iter().map(|v| v.invariant).collect();
+        assert_eq!(found, ["key_credentials"], "{:?}", report.violations);
         super::super::migrations::apply(&store).await.unwrap();
+        assert_eq!(store.check(1).await.unwrap().violations, []);
         let (auth, tenant) = store
             .authenticate(&key.secret, today)
             .await
