@@ -298,7 +298,8 @@ impl Store {
         while done < n {
             let count = BATCH.min(n - done);
             let sql = "BEGIN; \
-                LET $base = (UPSERT type::record('agent_state', $agent_id) SET run_seq += $count RETURN run_seq)[0].run_seq - $count; \
+                LET $base = (UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
+                  created_at = created_at ?? time::now(), run_seq += $count RETURN run_seq)[0].run_seq - $count; \
                 FOR $i IN 0..$count { \
                   LET $id = rand::uuid::v7(); \
                   CREATE type::record('run', [$agent_id, $base + $i + 1]) CONTENT { run_id: <string>$id, seq: $base + $i + 1, \
@@ -380,6 +381,40 @@ mod tests {
                 .await
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn generated_history_is_consistent_and_paged_newest_first() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        store
+            .generate_runs("acme", "echo", "acme-echo", &period, 7)
+            .await
+            .unwrap();
+        let report = store.check(1).await.unwrap();
+        assert_eq!(report.violations, [], "{:?}", report.violations);
+        assert_eq!(report.runs, 7);
+        let state = store
+            .agent_states("acme", &[("acme-echo".into(), "echo".into())])
+            .await
+            .unwrap()
+            .remove(0);
+        let seqs = |page: Vec<super::RunRecord>| page.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(store.runs("acme-echo", &state, 0, 3).await.unwrap()),
+            [7, 6, 5]
+        );
+        assert_eq!(
+            seqs(store.runs("acme-echo", &state, 6, 3).await.unwrap()),
+            [1]
+        );
+        assert!(
+            store
+                .runs("acme-echo", &state, 7, 3)
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 }
