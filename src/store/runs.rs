@@ -331,57 +331,44 @@ mod tests {
     use super::super::Period;
     use super::super::testing::{finished, run, store};
 
+    /// A run of `tenant` started under the quotas, with its number, or `None` when refused.
+    async fn start(
+        store: &super::Store,
+        period: &Period,
+        tenant: &str,
+        quotas: (u64, u64),
+    ) -> Option<(super::Reservation, super::RunRecord)> {
+        let mut r = run(tenant);
+        let reserved = store
+            .begin_run(period, quotas.0, quotas.1, &mut r)
+            .await
+            .unwrap();
+        reserved.map(|res| (res, r))
+    }
+
     #[tokio::test]
     async fn a_new_period_reserves_within_the_quotas_and_never_over() {
         let store = store().await;
         let period = Period::containing(Utc::now(), 1);
         // Zero quotas refuse the first run of a period whose usage row does not exist yet.
-        for (runs, tokens) in [(0, 100), (5, 0)] {
-            let mut r = run("zero");
-            let reserved = store
-                .begin_run(&period, runs, tokens, &mut r)
-                .await
-                .unwrap();
-            assert!(reserved.is_none(), "quota runs {runs}, tokens {tokens}");
+        for quotas in [(0, 100), (5, 0)] {
+            assert!(
+                start(&store, &period, "zero", quotas).await.is_none(),
+                "{quotas:?}"
+            );
         }
         // A quota of 2: the first run creates the period, the second fits, the third is refused.
         let mut seqs = Vec::new();
         for _ in 0..2 {
-            let mut r = run("two");
-            assert!(
-                store
-                    .begin_run(&period, 2, 100, &mut r)
-                    .await
-                    .unwrap()
-                    .is_some()
-            );
+            let (_, r) = start(&store, &period, "two", (2, 100)).await.unwrap();
             seqs.push(r.seq);
         }
         assert_eq!(seqs, [1, 2], "runs are numbered in order");
-        let mut r = run("two");
-        assert!(
-            store
-                .begin_run(&period, 2, 100, &mut r)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(start(&store, &period, "two", (2, 100)).await.is_none());
         // Settled tokens at the token quota refuse further runs.
-        let mut r = run("tokens");
-        let res = store
-            .begin_run(&period, 10, 7, &mut r)
-            .await
-            .unwrap()
-            .unwrap();
+        let (res, r) = start(&store, &period, "tokens", (10, 7)).await.unwrap();
         assert!(store.finish_run(&res, &finished(r, 7)).await.unwrap());
-        let mut r = run("tokens");
-        assert!(
-            store
-                .begin_run(&period, 10, 7, &mut r)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(start(&store, &period, "tokens", (10, 7)).await.is_none());
     }
 
     #[tokio::test]
