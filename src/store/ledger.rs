@@ -4,10 +4,10 @@
 //!
 //! Every such write touches the tenant's `usage_period` row (and a run's `agent_state` row),
 //! so concurrent requests of one tenant would otherwise conflict on those rows and run again
-//! and again. A tenant always lands on the same shard, so within an instance its writes never
-//! race each other (but for the one write an idle shard takes directly, below); instances
-//! sharing a database still can, and a lost race runs the whole batch again. Nothing waits to
-//! fill a batch: a write to an idle shard is made at once by its caller, and a worker takes
+//! and again. A tenant always lands on the same shard, and a shard writes one transaction at a
+//! time, so within an instance its writes never race each other; instances sharing a database
+//! still can, and a lost race runs the whole transaction again. Nothing waits to fill a batch:
+//! a write to an idle shard is made at once by its caller, and the shard's worker takes
 //! whatever queued meanwhile when it is free, so a busy server writes many per commit.
 
 use std::collections::HashMap;
