@@ -48,6 +48,29 @@ fn chat_record(tenant: &str) -> ChatRecord {
     }
 }
 
+/// Times `c` calls started at once, each in its own task.
+async fn at_once<F, Fut>(c: usize, call: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..c)
+        .map(|_| {
+            let call = call();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                call.await;
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut times = Vec::with_capacity(c);
+    for t in tasks {
+        times.push(t.await?);
+    }
+    Ok(times)
+}
+
 async fn one_run(store: &Store, period: &Period) -> (Duration, Duration) {
     let mut run = run_record("bench");
     let t = Instant::now();
@@ -107,56 +130,42 @@ async fn main() -> anyhow::Result<()> {
         println!("sequential finish_run     {}", pct(finish));
     }
 
-    for c in [16usize] {
-        let rounds = n / c;
-        let (mut auth, mut chat, mut runs) = (vec![], vec![], vec![]);
-        for _ in 0..rounds {
-            let tasks: Vec<_> = (0..c)
-                .map(|_| {
-                    let (store, secret) = (store.clone(), key.secret.clone());
-                    tokio::spawn(async move {
-                        let t = Instant::now();
-                        store.authenticate(&secret, start).await.unwrap();
-                        t.elapsed()
-                    })
-                })
-                .collect();
-            for t in tasks {
-                auth.push(t.await?);
-            }
-            let tasks: Vec<_> = (0..c)
-                .map(|_| {
-                    let (store, period) = (store.clone(), period);
-                    tokio::spawn(async move {
-                        let t = Instant::now();
-                        store
-                            .record_chat(&chat_record("bench"), &period)
-                            .await
-                            .unwrap();
-                        t.elapsed()
-                    })
-                })
-                .collect();
-            for t in tasks {
-                chat.push(t.await?);
-            }
-            let tasks: Vec<_> = (0..c)
-                .map(|_| {
-                    let (store, period) = (store.clone(), period);
-                    tokio::spawn(async move {
-                        let t = Instant::now();
-                        one_run(&store, &period).await;
-                        t.elapsed()
-                    })
-                })
-                .collect();
-            for t in tasks {
-                runs.push(t.await?);
-            }
-        }
-        println!("{c} at once authenticate   {}", pct(auth));
-        println!("{c} at once record_chat    {}", pct(chat));
-        println!("{c} at once begin+finish   {}", pct(runs));
+    let c = 16;
+    let (mut auth, mut chat, mut runs) = (vec![], vec![], vec![]);
+    for _ in 0..n / c {
+        auth.extend(
+            at_once(c, || {
+                let (store, secret) = (store.clone(), key.secret.clone());
+                async move {
+                    store.authenticate(&secret, start).await.unwrap();
+                }
+            })
+            .await?,
+        );
+        chat.extend(
+            at_once(c, || {
+                let store = store.clone();
+                async move {
+                    store
+                        .record_chat(&chat_record("bench"), &period)
+                        .await
+                        .unwrap();
+                }
+            })
+            .await?,
+        );
+        runs.extend(
+            at_once(c, || {
+                let store = store.clone();
+                async move {
+                    one_run(&store, &period).await;
+                }
+            })
+            .await?,
+        );
     }
+    println!("{c} at once authenticate   {}", pct(auth));
+    println!("{c} at once record_chat    {}", pct(chat));
+    println!("{c} at once begin+finish   {}", pct(runs));
     Ok(())
 }
