@@ -234,10 +234,8 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
     block_on_code(async { f.await.map(|()| ExitCode::SUCCESS) })
 }
 
-/// Stack of each runtime thread. Database calls run inside request handlers, and SurrealDB's
-/// query execution nests deep futures (far deeper in a debug build than in release): 2 MiB,
-/// the default, is not always enough. Only the pages touched are backed by memory.
-const STACK_SIZE: usize = 8 << 20;
+/// Stack of each runtime thread: database calls run inside request handlers.
+const STACK_SIZE: usize = crate::store::THREAD_STACK_SIZE;
 
 fn block_on_code(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     init_logs();

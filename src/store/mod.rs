@@ -61,6 +61,42 @@ fn classify(e: surrealdb::Error) -> StoreError {
     }
 }
 
+/// Stack of each thread that runs database calls. SurrealDB's query execution nests deep
+/// futures (far deeper in a debug build than in release): 2 MiB, tokio's default, is not
+/// always enough. Only the pages touched are backed by memory.
+pub const THREAD_STACK_SIZE: usize = 8 << 20;
+
+/// Whether the URL names a database server rather than an engine inside this process.
+fn is_remote(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or_default();
+    matches!(scheme, "ws" | "wss" | "http" | "https")
+}
+
+/// The runtime an embedded engine's own tasks run on, for the life of the process.
+///
+/// The embedded engines start long-lived tasks on the runtime that opens them; surrealkv's
+/// memtable flushes and level compactions run synchronously inside theirs, holding their
+/// thread while they write (tens of milliseconds). On a runtime of their own they cannot
+/// stall the request threads. Queries still run on the caller's task.
+fn background_runtime() -> Result<&'static tokio::runtime::Handle> {
+    // A static is never dropped: a runtime must not be dropped inside async code.
+    static RUNTIME: std::sync::LazyLock<std::io::Result<tokio::runtime::Runtime>> =
+        std::sync::LazyLock::new(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("ares-store")
+                .thread_stack_size(THREAD_STACK_SIZE)
+                .enable_all()
+                .build()
+        });
+    match &*RUNTIME {
+        Ok(rt) => Ok(rt.handle()),
+        Err(e) => Err(StoreError::Internal(anyhow::anyhow!(
+            "starting the store's runtime: {e}"
+        ))),
+    }
+}
+
 /// The handle every part of `ares` stores through.
 #[derive(Clone)]
 pub struct Store {
@@ -94,9 +130,20 @@ impl Store {
     #[tracing::instrument(skip(settings), fields(url = %redact_url(&settings.url)))]
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store> {
         let (url, from_url) = split_credentials(&settings.url);
-        let db = surrealdb::engine::any::connect(url.as_str())
-            .await
-            .map_err(classify)?;
+        let db = if is_remote(&url) {
+            surrealdb::engine::any::connect(url.as_str())
+                .await
+                .map_err(classify)?
+        } else {
+            // Opened on the store's own runtime: the tasks the engine starts there (flushes,
+            // compactions) then never hold a request thread.
+            let handle = background_runtime()?;
+            handle
+                .spawn(async move { surrealdb::engine::any::connect(url.as_str()).await })
+                .await
+                .map_err(|e| StoreError::Internal(anyhow::anyhow!("opening the store: {e}")))?
+                .map_err(classify)?
+        };
         let credentials = match (&settings.user, &settings.password) {
             (Some(user), Some(pass)) => Some((user.clone(), pass.expose().to_string())),
             _ => from_url,
