@@ -1,7 +1,8 @@
 //! Times the store calls on the request path (authenticate, record a chat, begin and finish a
-//! run), one at a time and 16 at once, on an embedded store.
+//! run), one at a time and 16 at once, and reading a page of runs, on an embedded store.
 //!
-//! `cargo run --release --example bench_db_calls -- [surrealkv://DIR | mem://] [N]`
+//! `cargo run --release --example bench_db_calls -- [surrealkv://DIR | mem://] [N] [HISTORY]`
+//! (N calls of each kind; HISTORY runs generated before the page is read, N by default)
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let url = args.get(1).cloned().unwrap_or_else(|| "mem://".into());
     let n: usize = args.get(2).map_or(Ok(500), |s| s.parse())?;
+    let history: u64 = args.get(3).map_or(Ok(n as u64), |s| s.parse())?;
     let store = Store::connect(&ares::config::DatabaseSettings {
         url: url.clone(),
         ..Default::default()
@@ -167,5 +169,25 @@ async fn main() -> anyhow::Result<()> {
     println!("{c} at once authenticate   {}", pct(auth));
     println!("{c} at once record_chat    {}", pct(chat));
     println!("{c} at once begin+finish   {}", pct(runs));
+
+    // A page of twenty runs, newest first, from a history of `history` more runs than the above.
+    let agent_id = ares::engine::agent_id("bench", "bench");
+    store
+        .generate_runs("bench", "bench", &agent_id, &period, history)
+        .await?;
+    let agents = [(agent_id.clone(), "bench".to_string())];
+    let state = store.agent_states("bench", &agents).await?.remove(0);
+    for round in ["warm-up", "measured"] {
+        let mut page = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let runs = store.runs(&agent_id, &state, 0, 20).await?;
+            page.push(t.elapsed());
+            assert_eq!(runs.len(), 20);
+        }
+        if round == "measured" {
+            println!("sequential runs page (20) {}", pct(page));
+        }
+    }
     Ok(())
 }
