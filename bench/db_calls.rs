@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use ares::store::{ChatRecord, Period, RunRecord, RunStatus, Store};
 use chrono::Utc;
 
+/// The server's allocator (`src/main.rs`), so the store's calls are timed as it runs them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn pct(mut v: Vec<Duration>) -> String {
     v.sort();
     let at = |p: f64| v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
