@@ -74,10 +74,11 @@ fn is_remote(url: &str) -> bool {
 
 /// The runtime an embedded engine's own tasks run on, for the life of the process.
 ///
-/// The embedded engines start long-lived tasks on the runtime that opens them; surrealkv's
-/// memtable flushes and level compactions run synchronously inside theirs, holding their
-/// thread while they write (tens of milliseconds). On a runtime of their own they cannot
-/// stall the request threads. Queries still run on the caller's task.
+/// The embedded engines start long-lived tasks on the runtime that opens them: SurrealDB's
+/// session registry and maintenance, and surrealkv's memtable flushes and level compactions,
+/// which run synchronously inside their tasks and hold the thread for as long as they write.
+/// On a runtime of their own they cannot stall the request threads, and they outlive the
+/// runtime that opened the store. Queries still run on the caller's task.
 fn background_runtime() -> Result<&'static tokio::runtime::Handle> {
     // A static is never dropped: a runtime must not be dropped inside async code.
     static RUNTIME: std::sync::LazyLock<std::io::Result<tokio::runtime::Runtime>> =
@@ -386,5 +387,56 @@ mod tests {
             ("surrealkv://data".to_string(), None)
         );
         assert_eq!(redact_url("ws://ares:secret@h:1"), "ws://***@h:1");
+    }
+
+    #[test]
+    fn only_server_urls_are_remote() {
+        for url in ["ws://h:8000", "wss://h/rpc", "http://h:8000", "https://h"] {
+            assert!(is_remote(url), "{url}");
+        }
+        for url in [
+            "surrealkv://data",
+            "mem://",
+            "memory",
+            "surrealkv:///var/lib/ares",
+        ] {
+            assert!(!is_remote(url), "{url}");
+        }
+    }
+
+    /// The embedded engine's own tasks live on the store's runtime, not on the runtime that
+    /// opened it: the store keeps working after that runtime is gone. (A clone of the handle
+    /// registers its session with one of those tasks; opened on the caller's runtime, the
+    /// clone's first call fails once that runtime has ended.)
+    #[test]
+    fn an_embedded_store_outlives_the_runtime_that_opened_it() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let settings = DatabaseSettings {
+            url: format!("surrealkv://{}", dir.path().join("db").display()),
+            ..Default::default()
+        };
+        let opener = runtime();
+        let store = opener.block_on(Store::connect(&settings)).unwrap();
+        drop(opener);
+        runtime().block_on(async {
+            let store = store.clone();
+            let call = async {
+                store
+                    .create_tenant("later", "Later", 10, 1000, None)
+                    .await
+                    .unwrap();
+                store.tenants().await.unwrap()
+            };
+            let tenants = tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .expect("the store answers");
+            assert!(tenants.iter().any(|t| t.slug == "later"));
+        });
     }
 }
