@@ -35,7 +35,7 @@ async fn serve() -> Served {
     let log =
         std::fs::File::create(crate::helpers::log_dir().join(format!("doc-examples-{port}.log")))
             .expect("a log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_ares"))
+    let child = crate::procs::dies_with_test(&mut Command::new(env!("CARGO_BIN_EXE_ares")))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("ARES_DATABASE_URL", "mem://")
         .env("ARES_ADMIN_TOKEN", ADMIN)

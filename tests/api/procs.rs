@@ -47,10 +47,37 @@ fn log_file(name: &str) -> (std::fs::File, PathBuf) {
     (file, path)
 }
 
+/// Has the child killed when the thread that starts it ends, so a test binary that aborts
+/// (where no `Drop` runs) leaves no server running. Children are started on their test's
+/// thread, which outlives them (Linux; elsewhere cleanup is `Drop`'s alone).
+pub fn dies_with_test(cmd: &mut Command) -> &mut Command {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec the closure only makes async-signal-safe calls
+        // (prctl, getppid, kill) and allocates nothing.
+        let parent = std::process::id() as libc::pid_t;
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The test may have ended before the call above.
+                if libc::getppid() != parent {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
 fn spawn_logged(cmd: &mut Command, name: &str) -> Child {
     let (out, _) = log_file(name);
     let err = out.try_clone().unwrap();
-    cmd.stdout(Stdio::from(out))
+    dies_with_test(cmd)
+        .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .spawn()
         .unwrap_or_else(|e| panic!("starting {name}: {e}"))
@@ -557,4 +584,20 @@ pub fn agents_dir() -> tempfile::TempDir {
     )
     .unwrap();
     dir
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_child_is_killed_when_the_thread_that_started_it_ends() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = std::thread::spawn(|| {
+        dies_with_test(&mut Command::new("sleep"))
+            .arg("60")
+            .spawn()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
 }
