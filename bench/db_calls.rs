@@ -25,21 +25,13 @@ fn pct(mut v: Vec<Duration>) -> String {
 }
 
 fn run_record(tenant: &str) -> RunRecord {
-    RunRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        tenant: tenant.into(),
-        agent: "bench".into(),
-        agent_id: ares::engine::agent_id(tenant, "bench"),
-        seq: 0,
-        status: RunStatus::Running,
-        input: serde_json::json!({"message": "Evaluate this transaction", "context": {"amount": 15000}}),
-        output: None,
-        error: None,
-        started_at: Utc::now(),
-        finished_at: None,
-        duration_ms: None,
-        tokens_used: 0,
-    }
+    RunRecord::running(
+        tenant,
+        "bench",
+        ares::engine::agent_id(tenant, "bench"),
+        serde_json::json!({"message": "Evaluate this transaction", "context": {"amount": 15000}}),
+        Utc::now(),
+    )
 }
 
 fn chat_record(tenant: &str) -> ChatRecord {

@@ -225,21 +225,13 @@ impl Engine {
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ))
         };
-        let mut run = RunRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            tenant: tenant.slug.clone(),
-            agent: name.to_string(),
-            agent_id: agent_id(&tenant.slug, name),
-            seq: 0,
-            status: RunStatus::Running,
-            input: Value::Object(input.clone()),
-            output: None,
-            error: None,
-            started_at: now,
-            finished_at: None,
-            duration_ms: None,
-            tokens_used: 0,
-        };
+        let mut run = RunRecord::running(
+            &tenant.slug,
+            name,
+            agent_id(&tenant.slug, name),
+            Value::Object(input.clone()),
+            now,
+        );
         let reservation = self
             .store
             .begin_run(&period, tenant.quota_runs, tenant.quota_tokens, &mut run)

@@ -48,6 +48,34 @@ pub struct RunRecord {
     pub tokens_used: u64,
 }
 
+impl RunRecord {
+    /// A new `running` run of `agent` (id `agent_id`) of `tenant`, not yet stored: its
+    /// number is given by [`Store::begin_run`].
+    pub fn running(
+        tenant: &str,
+        agent: &str,
+        agent_id: String,
+        input: Value,
+        started_at: DateTime<Utc>,
+    ) -> RunRecord {
+        RunRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant: tenant.to_string(),
+            agent: agent.to_string(),
+            agent_id,
+            seq: 0,
+            status: RunStatus::Running,
+            input,
+            output: None,
+            error: None,
+            started_at,
+            finished_at: None,
+            duration_ms: None,
+            tokens_used: 0,
+        }
+    }
+}
+
 /// A completed chat: metadata only, never the conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatRecord {

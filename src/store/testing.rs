@@ -17,21 +17,13 @@ pub async fn store() -> Store {
 
 /// A `running` run of `tenant`'s echo agent, not yet stored.
 pub fn run(tenant: &str) -> RunRecord {
-    RunRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        tenant: tenant.into(),
-        agent: "echo".into(),
-        agent_id: format!("{tenant}-echo"),
-        seq: 0,
-        status: RunStatus::Running,
-        input: json!({"message": "hi"}),
-        output: None,
-        error: None,
-        started_at: Utc::now(),
-        finished_at: None,
-        duration_ms: None,
-        tokens_used: 0,
-    }
+    RunRecord::running(
+        tenant,
+        "echo",
+        format!("{tenant}-echo"),
+        json!({"message": "hi"}),
+        Utc::now(),
+    )
 }
 
 /// `r`, completed with `tokens` used.
