@@ -2,7 +2,9 @@
 //! run), one at a time and 16 at once, and reading a page of runs, on an embedded store.
 //!
 //! `cargo run --release --example bench_db_calls -- [surrealkv://DIR | mem://] [N] [HISTORY]`
-//! (N calls of each kind; HISTORY runs generated before the page is read, N by default)
+//! (N calls of each kind; HISTORY runs generated before the page is read, N by default).
+//! `BENCH_PAUSE_MS=50` idles that long before each sequential call, as a server between the
+//! requests of a slow upstream does.
 
 use std::time::{Duration, Instant};
 
@@ -68,8 +70,16 @@ where
     Ok(times)
 }
 
-async fn one_run(store: &Store, period: &Period) -> (Duration, Duration) {
+/// Waits `pause` (not even a timer tick when it is zero).
+async fn idle(pause: Duration) {
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn one_run(store: &Store, period: &Period, pause: Duration) -> (Duration, Duration) {
     let mut run = run_record("bench");
+    idle(pause).await;
     let t = Instant::now();
     let r = store
         .begin_run(period, u64::MAX / 4, u64::MAX / 4, &mut run)
@@ -82,6 +92,7 @@ async fn one_run(store: &Store, period: &Period) -> (Duration, Duration) {
     run.finished_at = Some(Utc::now());
     run.duration_ms = Some(1);
     run.tokens_used = 15;
+    idle(pause).await;
     let t = Instant::now();
     assert!(store.finish_run(&r, &run).await.expect("finish"));
     (begin, t.elapsed())
@@ -104,18 +115,24 @@ async fn main() -> anyhow::Result<()> {
     let key = store.create_key("bench", "bench", None).await?;
     let period = Period::containing(Utc::now(), 1);
     let start = period.start.date_naive();
-    println!("store: {url}");
+    let pause = match std::env::var("BENCH_PAUSE_MS") {
+        Ok(ms) => Duration::from_millis(ms.parse()?),
+        Err(_) => Duration::ZERO,
+    };
+    println!("store: {url}, pause before each sequential call: {pause:?}");
 
     for round in ["warm-up", "measured"] {
         let (mut auth, mut chat, mut begin, mut finish) = (vec![], vec![], vec![], vec![]);
         for _ in 0..n {
+            idle(pause).await;
             let t = Instant::now();
             store.authenticate(&key.secret, start).await?.expect("key");
             auth.push(t.elapsed());
+            idle(pause).await;
             let t = Instant::now();
             store.record_chat(&chat_record("bench"), &period).await?;
             chat.push(t.elapsed());
-            let (b, f) = one_run(&store, &period).await;
+            let (b, f) = one_run(&store, &period, pause).await;
             begin.push(b);
             finish.push(f);
         }
@@ -156,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
             at_once(c, || {
                 let store = store.clone();
                 async move {
-                    one_run(&store, &period).await;
+                    one_run(&store, &period, Duration::ZERO).await;
                 }
             })
             .await?,

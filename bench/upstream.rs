@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example bench_upstream -- --port 9000 --latency-ms 50 --chunks 20`
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use poem::web::Data;
 use poem::{Body, EndpointExt, Response, Route, handler, post};
@@ -22,8 +22,16 @@ const STRUCTURED: &str =
 async fn completions(cfg: Data<&Config>, body: String) -> Response {
     let req: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     if !cfg.latency.is_zero() {
-        // A zero sleep would still wait for the next timer tick (about 1 ms).
-        tokio::time::sleep(cfg.latency).await;
+        // tokio's timer ticks in milliseconds: its sleep would add 0–2 ms depending on when
+        // within a tick the request arrived, so the "fixed" latency would depend on the
+        // caller's own timing. A blocking thread's sleep (timer slack set to 1 µs in `main`)
+        // keeps to the deadline within tens of microseconds whoever calls.
+        let deadline = Instant::now() + cfg.latency;
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        })
+        .await
+        .expect("the sleeping thread does not panic");
     }
     let structured = req.get("response_format").is_some();
     if req["stream"] == true {
@@ -79,8 +87,21 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
+fn main() -> std::io::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Linux lets a sleeping thread wake up to 50 µs late by default; the latency is meant
+        // to be fixed.
+        .on_thread_start(|| {
+            // SAFETY: prctl with PR_SET_TIMERSLACK takes one integer argument and only
+            // changes the calling thread's timer slack.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+        })
+        .build()?
+        .block_on(serve())
+}
+
+async fn serve() -> std::io::Result<()> {
     let cfg = Config {
         latency: Duration::from_millis(arg("--latency-ms", 0)),
         chunks: arg("--chunks", 20) as usize,
