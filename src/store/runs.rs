@@ -270,8 +270,10 @@ impl Store {
             return Ok(Vec::new());
         }
         // Whole records: a projection costs an expression per field per row, more than
-        // decoding the few fields a run has beyond `RunRecord`'s.
-        let sql = "SELECT * FROM run:[$agent, $lo]..=[$agent, $hi]";
+        // decoding the few fields a run has beyond `RunRecord`'s. All but the record id
+        // (`[agent_id, seq]`, both fields of their own), which would be formatted as text
+        // only to be dropped: 6% of the call in `bench_db_calls`.
+        let sql = "SELECT * OMIT id FROM run:[$agent, $lo]..=[$agent, $hi]";
         let mut page: Vec<RunRecord> = self
             .rows(sql, json!({"agent": agent_id, "lo": lo + 1, "hi": hi}), 0)
             .await?;
