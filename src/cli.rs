@@ -234,14 +234,12 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
     block_on_code(async { f.await.map(|()| ExitCode::SUCCESS) })
 }
 
-/// Stack of each runtime thread: database calls run inside request handlers.
-const STACK_SIZE: usize = crate::store::THREAD_STACK_SIZE;
-
 fn block_on_code(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(STACK_SIZE)
+        // Database calls run inside request handlers.
+        .thread_stack_size(crate::store::THREAD_STACK_SIZE)
         .build()
     {
         Ok(r) => r,

@@ -293,11 +293,20 @@ impl Store {
 /// Decodes the array that a query's last statement returned (a `RETURN $list.map(...)`),
 /// naming `what` in the error.
 fn decode_returned<T: DeserializeOwned>(out: Vec<Vec<Value>>, what: &str) -> Result<Vec<T>> {
-    let rows = out.into_iter().last().unwrap_or_default();
-    let rows = match rows.as_slice() {
-        [Value::Array(inner)] => inner.clone(),
+    decode_rows(returned(out), what)
+}
+
+/// The array that a query's last statement returned, as rows.
+fn returned(out: Vec<Vec<Value>>) -> Vec<Value> {
+    let mut rows = out.into_iter().last().unwrap_or_default();
+    match rows.as_mut_slice() {
+        [Value::Array(inner)] => std::mem::take(inner),
         _ => rows,
-    };
+    }
+}
+
+/// Rows decoded as `T`, naming `what` in the error.
+fn decode_rows<T: DeserializeOwned>(rows: Vec<Value>, what: &str) -> Result<Vec<T>> {
     rows.into_iter()
         .map(|r| {
             serde_json::from_value(r)

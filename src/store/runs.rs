@@ -298,15 +298,9 @@ impl Store {
             .collect();
         // Usually every agent was seen before: one read, no write transaction.
         let read = "RETURN $agents.map(|$a| type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq});";
-        let out = self.run(read, json!({"agents": list})).await?;
-        let seen = |rows: &[Vec<Value>]| {
-            rows.last().is_some_and(|rows| match rows.as_slice() {
-                [Value::Array(states)] => states.iter().all(|s| !s["created_at"].is_null()),
-                states => states.iter().all(|s| !s["created_at"].is_null()),
-            })
-        };
-        if seen(&out) {
-            return super::decode_returned(out, "agent_state");
+        let states = super::returned(self.run(read, json!({"agents": list})).await?);
+        if states.iter().all(|s| !s["created_at"].is_null()) {
+            return super::decode_rows(states, "agent_state");
         }
         let sql = "FOR $a IN $agents { \
                      IF !record::exists(type::record('agent_state', $a.id)) { \
