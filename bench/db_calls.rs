@@ -126,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..n {
             idle(pause).await;
             let t = Instant::now();
-            store.authenticate(&key.secret, start).await?.expect("key");
+            store
+                .authenticate(&key.secret, start, chrono::Utc::now())
+                .await?
+                .expect("key");
             auth.push(t.elapsed());
             idle(pause).await;
             let t = Instant::now();
@@ -152,7 +155,10 @@ async fn main() -> anyhow::Result<()> {
             at_once(c, || {
                 let (store, secret) = (store.clone(), key.secret.clone());
                 async move {
-                    store.authenticate(&secret, start).await.unwrap();
+                    store
+                        .authenticate(&secret, start, chrono::Utc::now())
+                        .await
+                        .unwrap();
                 }
             })
             .await?,

@@ -167,7 +167,7 @@ impl Store {
             }
         }
 
-        for run in self.orphaned_runs().await? {
+        for run in self.orphaned_runs(chrono::Utc::now()).await? {
             report.violations.push(Violation {
                 invariant: "orphaned_run",
                 subject: format!("run {}", run.run_id),
@@ -406,9 +406,9 @@ mod tests {
             report.violations
         );
 
-        assert_eq!(store.reap_interrupted(1).await.unwrap().runs, 1);
+        assert_eq!(store.reap_interrupted(1, Utc::now()).await.unwrap().runs, 1);
         assert_eq!(
-            store.reap_interrupted(1).await.unwrap().runs,
+            store.reap_interrupted(1, Utc::now()).await.unwrap().runs,
             0,
             "settled once"
         );

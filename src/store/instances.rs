@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::runs::reservation;
-use super::usage::Period;
 use super::{Result, Store};
 
 /// The `error` of a run whose instance stopped while it ran.
@@ -72,7 +70,7 @@ impl Store {
     }
 
     /// Runs marked `running` whose instance no longer holds a lease.
-    pub(super) async fn orphaned_runs(&self) -> Result<Vec<RunningRun>> {
+    pub(super) async fn orphaned_runs(&self, now: DateTime<Utc>) -> Result<Vec<RunningRun>> {
         let sql = "SELECT run_id, tenant, agent, agent_id, seq, started_at, instance FROM run \
                      WHERE status = 'running'; \
                    SELECT VALUE <string> record::id(id) FROM instance WHERE lease_until >= time::now();";
@@ -90,7 +88,6 @@ impl Store {
             .map(serde_json::from_value)
             .collect::<Result<_, _>>()
             .map_err(|e| super::StoreError::Internal(anyhow::anyhow!("decoding a run: {e}")))?;
-        let now = Utc::now();
         Ok(running
             .into_iter()
             .filter(|r| match &r.instance {
@@ -103,44 +100,18 @@ impl Store {
     /// Fails, as interrupted, every run whose instance's lease ran out, settling its quota
     /// reservation and counting it in usage like any failed run. Safe to run on every instance
     /// at once: a run is settled by whichever transaction finds it still `running`.
-    pub async fn reap_interrupted(&self, period_start_day: u32) -> Result<Reaped> {
+    pub async fn reap_interrupted(
+        &self,
+        period_start_day: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Reaped> {
         let mut reaped = Reaped::default();
-        for run in self.orphaned_runs().await? {
-            let period = Period::containing(run.started_at, period_start_day);
-            let r = reservation(&run.tenant, &period, run.started_at);
-            let sql = "BEGIN; \
-                LET $done = (UPDATE type::record('run', [$agent_id, $seq]) SET status = 'failed', error = $error, \
-                  finished_at = time::now(), duration_ms = <int>$duration_ms, reaped = true \
-                  WHERE status = 'running' RETURN VALUE run_id); \
-                IF array::len($done) > 0 { \
-                  UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1; \
-                  UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1; \
-                  UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
-                    created_at = created_at ?? time::now(), total_runs += 1, \
-                    last_run = IF last_run = NONE OR last_run < <datetime>$started { <datetime>$started } ELSE { last_run }; \
-                }; \
-                RETURN array::len($done); \
-                COMMIT;";
-            let vars = json!({
-                "agent_id": run.agent_id, "seq": run.seq, "error": INTERRUPTED,
-                "duration_ms": (Utc::now() - run.started_at).num_milliseconds().max(0),
-                "period": r.period_key, "day": r.day_key, "date": r.date,
-                "tenant": run.tenant, "agent": run.agent, "started": run.started_at,
-            });
-            let out = self.run_retrying(sql, vars).await?;
-            let settled = out
-                .iter()
-                .rev()
-                .find_map(|rows| match rows.as_slice() {
-                    [Value::Number(n)] => n.as_u64(),
-                    _ => None,
-                })
-                .unwrap_or(0);
-            if settled > 0 {
+        for run in self.orphaned_runs(now).await? {
+            if self.settle_interrupted(&run, period_start_day, now).await? {
                 tracing::warn!(run = %run.run_id, agent = %run.agent, tenant = %run.tenant,
                     instance = run.instance.as_deref().unwrap_or("unknown"),
                     "run failed as interrupted: its instance stopped");
-                reaped.runs += settled;
+                reaped.runs += 1;
             }
         }
         Ok(reaped)

@@ -123,6 +123,7 @@ impl Store {
         &self,
         secret: &str,
         period_start: chrono::NaiveDate,
+        now: DateTime<Utc>,
     ) -> Result<Option<(KeyAuth, super::Tenant)>> {
         let sql = "RETURN type::record('api_key', type::record('credential', $hash).key_id).{key_id, revoked_at, expires_at, \
                    tenant: type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, rate_limit, created_at}, \
@@ -140,7 +141,7 @@ impl Store {
         }
         if let Some(expires) = row["expires_at"].as_str() {
             match DateTime::parse_from_rfc3339(expires) {
-                Ok(at) if at > Utc::now() => {}
+                Ok(at) if at > now => {}
                 _ => return Ok(None),
             }
         }
@@ -232,7 +233,7 @@ mod tests {
         let today = Utc::now().date_naive();
         assert!(
             store
-                .authenticate(&key.secret, today)
+                .authenticate(&key.secret, today, Utc::now())
                 .await
                 .unwrap()
                 .is_some()
@@ -247,7 +248,7 @@ mod tests {
             .unwrap();
         assert!(
             store
-                .authenticate(&key.secret, today)
+                .authenticate(&key.secret, today, Utc::now())
                 .await
                 .unwrap()
                 .is_none()
@@ -258,7 +259,7 @@ mod tests {
         super::super::migrations::apply(&store).await.unwrap();
         assert_eq!(store.check(1).await.unwrap().violations, []);
         let (auth, tenant) = store
-            .authenticate(&key.secret, today)
+            .authenticate(&key.secret, today, Utc::now())
             .await
             .unwrap()
             .expect("the migration wrote the key's credential");
@@ -266,7 +267,7 @@ mod tests {
         // Unknown secrets stay unknown.
         assert!(
             store
-                .authenticate("ares_unknown", today)
+                .authenticate("ares_unknown", today, Utc::now())
                 .await
                 .unwrap()
                 .is_none()

@@ -1,6 +1,6 @@
-//! Group commit for the writes that move a tenant's counters: chats, run starts and run
-//! settlements wait here, and one worker per shard writes all that are waiting in one
-//! transaction.
+//! Every write that moves a tenant's counters, in one place: chats, run starts, run settlements
+//! (also of runs failed as interrupted), and their group commit — they wait here, and one worker
+//! per shard writes all that are waiting in one transaction.
 //!
 //! Every such write touches the tenant's `usage_period` row (and a run's `agent_state` row),
 //! so concurrent requests of one tenant would otherwise conflict on those rows and run again
@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::runs::{ChatRecord, Reservation, RunRecord, RunStatus, last_bool, reservation};
+use super::instances::{INTERRUPTED, RunningRun};
+use super::records::{ChatRecord, Reservation, RunRecord, RunStatus, last_bool, reservation};
 use super::usage::Period;
 use super::{Result, Store, StoreError};
 
@@ -521,6 +522,175 @@ IF $bn{i} > 0 {{
     sql
 }
 
+impl Store {
+    /// Starts a run: in one transaction, takes a run from the tenant's quota for `period` —
+    /// unless the period's runs (settled and in flight) have reached `quota_runs` or its settled
+    /// tokens have reached `quota_tokens` — numbers the run among its agent's runs (sets
+    /// `run.seq`) and stores it as `running`, so a crash leaves a trace to recover. `None` when
+    /// the quota refuses; nothing is stored then. Concurrent callers, on any number of
+    /// instances, never overshoot the run quota (a lost write race is run again).
+    #[tracing::instrument(skip(self, period, run), fields(run = %run.id))]
+    pub async fn begin_run(
+        &self,
+        period: &Period,
+        quota_runs: u64,
+        quota_tokens: u64,
+        run: &mut RunRecord,
+    ) -> Result<Option<Reservation>> {
+        let r = reservation(&run.tenant, period, run.started_at);
+        let op = Op::Begin {
+            period: *period,
+            quota_runs,
+            quota_tokens,
+            run: run.clone(),
+        };
+        match self.write(op).await? {
+            Outcome::Begin(Some(seq)) => {
+                run.seq = seq;
+                Ok(Some(r))
+            }
+            Outcome::Begin(None) => Ok(None),
+            other => Err(StoreError::Internal(anyhow::anyhow!(
+                "a run start answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Stores the final state of a run and, in the same transaction, settles its reservation
+    /// and updates usage and the agent's counters. Idempotent: only a `running` run is settled,
+    /// so a retried call never counts twice. A run that another instance already failed as
+    /// interrupted (its lease ran out while this one was cut off from the database) gets its
+    /// real outcome and tokens, once. `false` when there was nothing to settle.
+    #[tracing::instrument(skip(self, run, reservation), fields(run = %run.id))]
+    pub async fn finish_run(&self, reservation: &Reservation, run: &RunRecord) -> Result<bool> {
+        let op = Op::Settle {
+            reservation: reservation.clone(),
+            run: run.clone(),
+        };
+        // The usual case: the run is still `running`; it settles with its counters.
+        if self.write(op).await? == Outcome::Settle(true) {
+            return Ok(true);
+        }
+        let vars = json!({
+            "r": run, "period": reservation.period_key, "day": reservation.day_key,
+            "tenant": reservation.tenant, "date": reservation.date,
+            "completed": u64::from(run.status == RunStatus::Completed),
+        });
+        // Failed as interrupted meanwhile (already counted as a run): the real outcome and
+        // its tokens replace the interruption, once.
+        let amend = "BEGIN; \
+            LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
+              output = $r.output ?? NONE, error = $r.error ?? NONE, \
+              finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
+              tokens_used = $r.tokens_used, reaped = NONE WHERE status = 'failed' AND reaped = true RETURN VALUE run_id); \
+            IF array::len($done) > 0 { \
+              UPDATE type::record('usage_period', $period) SET tokens += $r.tokens_used; \
+              UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, tokens += $r.tokens_used; \
+              UPSERT type::record('agent_state', $r.agent_id) SET completed_runs += $completed; \
+            }; \
+            RETURN array::len($done) > 0; \
+            COMMIT;";
+        Ok(last_bool(&self.run_retrying(amend, vars).await?))
+    }
+
+    /// Stores a finished chat and adds its tokens to usage, in one transaction. Idempotent: a
+    /// chat already stored is not counted again.
+    #[tracing::instrument(skip(self, chat, period), fields(chat = %chat.id))]
+    pub async fn record_chat(&self, chat: &ChatRecord, period: &Period) -> Result<()> {
+        let op = Op::Chat {
+            chat: chat.clone(),
+            period: *period,
+        };
+        self.write(op).await?;
+        Ok(())
+    }
+
+    /// Fails `run` as interrupted (its instance stopped), settling its reservation and counting
+    /// it in usage like any failed run, unless it settled meanwhile. Whether it was settled here.
+    pub(super) async fn settle_interrupted(
+        &self,
+        run: &RunningRun,
+        period_start_day: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        let period = Period::containing(run.started_at, period_start_day);
+        let r = reservation(&run.tenant, &period, run.started_at);
+        let sql = "BEGIN; \
+            LET $done = (UPDATE type::record('run', [$agent_id, $seq]) SET status = 'failed', error = $error, \
+              finished_at = time::now(), duration_ms = <int>$duration_ms, reaped = true \
+              WHERE status = 'running' RETURN VALUE run_id); \
+            IF array::len($done) > 0 { \
+              UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1; \
+              UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1; \
+              UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
+                created_at = created_at ?? time::now(), total_runs += 1, \
+                last_run = IF last_run = NONE OR last_run < <datetime>$started { <datetime>$started } ELSE { last_run }; \
+            }; \
+            RETURN array::len($done); \
+            COMMIT;";
+        let vars = json!({
+            "agent_id": run.agent_id, "seq": run.seq, "error": INTERRUPTED,
+            "duration_ms": (now - run.started_at).num_milliseconds().max(0),
+            "period": r.period_key, "day": r.day_key, "date": r.date,
+            "tenant": run.tenant, "agent": run.agent, "started": run.started_at,
+        });
+        let out = self.run_retrying(sql, vars).await?;
+        let settled = out
+            .iter()
+            .rev()
+            .find_map(|rows| match rows.as_slice() {
+                [Value::Number(n)] => n.as_u64(),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok(settled > 0)
+    }
+}
+
+impl Store {
+    /// Creates `n` completed runs of one agent started today, in batches, with their counters
+    /// and usage (benchmarks and load tests: `bench/fill.rs`). Not used by the server.
+    pub async fn generate_runs(
+        &self,
+        tenant: &str,
+        agent: &str,
+        agent_id: &str,
+        period: &Period,
+        n: u64,
+    ) -> Result<()> {
+        const BATCH: u64 = 5_000;
+        let now = chrono::Utc::now();
+        let r = reservation(tenant, period, now);
+        let mut done = 0;
+        while done < n {
+            let count = BATCH.min(n - done);
+            let sql = "BEGIN; \
+                LET $base = (UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
+                  created_at = created_at ?? time::now(), run_seq += $count RETURN run_seq)[0].run_seq - $count; \
+                FOR $i IN 0..$count { \
+                  LET $id = rand::uuid::v7(); \
+                  CREATE type::record('run', [$agent_id, $base + $i + 1]) CONTENT { run_id: <string>$id, seq: $base + $i + 1, \
+                    tenant: $tenant, agent: $agent, \
+                    agent_id: $agent_id, status: 'completed', input: {message: 'generated'}, output: {response: 'generated'}, \
+                    started_at: time::now(), finished_at: time::now(), duration_ms: 1, tokens_used: 10 } RETURN NONE; \
+                }; \
+                UPSERT type::record('usage_period', $period) SET tenant = $tenant, start = $start, runs += $count, tokens += $count * 10; \
+                UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += $count, tokens += $count * 10; \
+                UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
+                  created_at = created_at ?? time::now(), total_runs += $count, completed_runs += $count, last_run = time::now(); \
+                COMMIT;";
+            let vars = json!({
+                "count": count, "tenant": tenant, "agent": agent, "agent_id": agent_id,
+                "period": r.period_key, "day": r.day_key, "date": r.date,
+                "start": period.start.date_naive().to_string(),
+            });
+            self.run_retrying(sql, vars).await?;
+            done += count;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
@@ -680,5 +850,45 @@ mod tests {
         let failed: Vec<usize> = (0..9).filter(|i| results[*i].is_err()).collect();
         assert_eq!(failed, [4]);
         assert_eq!(usage_row(&store, &period).await["tokens"], 8);
+    }
+
+    /// A run of `tenant` started under the quotas, with its number, or `None` when refused.
+    async fn start(
+        store: &super::Store,
+        period: &Period,
+        tenant: &str,
+        quotas: (u64, u64),
+    ) -> Option<(super::Reservation, super::RunRecord)> {
+        let mut r = run(tenant);
+        let reserved = store
+            .begin_run(period, quotas.0, quotas.1, &mut r)
+            .await
+            .unwrap();
+        reserved.map(|res| (res, r))
+    }
+
+    #[tokio::test]
+    async fn a_new_period_reserves_within_the_quotas_and_never_over() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        // Zero quotas refuse the first run of a period whose usage row does not exist yet.
+        for quotas in [(0, 100), (5, 0)] {
+            assert!(
+                start(&store, &period, "zero", quotas).await.is_none(),
+                "{quotas:?}"
+            );
+        }
+        // A quota of 2: the first run creates the period, the second fits, the third is refused.
+        let mut seqs = Vec::new();
+        for _ in 0..2 {
+            let (_, r) = start(&store, &period, "two", (2, 100)).await.unwrap();
+            seqs.push(r.seq);
+        }
+        assert_eq!(seqs, [1, 2], "runs are numbered in order");
+        assert!(start(&store, &period, "two", (2, 100)).await.is_none());
+        // Settled tokens at the token quota refuse further runs.
+        let (res, r) = start(&store, &period, "tokens", (10, 7)).await.unwrap();
+        assert!(store.finish_run(&res, &finished(r, 7)).await.unwrap());
+        assert!(start(&store, &period, "tokens", (10, 7)).await.is_none());
     }
 }

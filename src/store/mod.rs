@@ -8,6 +8,7 @@ mod instances;
 mod keys;
 mod ledger;
 mod migrations;
+mod records;
 mod retention;
 mod runs;
 mod tenants;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use backon::{ConstantBuilder, ExponentialBuilder, Retryable};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use surrealdb::Surreal;
@@ -29,8 +31,8 @@ use crate::config::DatabaseSettings;
 pub use check::{CheckReport, Violation};
 pub use instances::{INTERRUPTED, Reaped};
 pub use keys::{ApiKey, KeyAuth, NewKey, generate_secret, hash_secret, key_prefix};
+pub use records::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus};
 pub use retention::Purged;
-pub use runs::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus};
 pub use tenants::{Tenant, TenantPatch};
 pub use usage::{DayUsage, Period, Usage};
 
@@ -52,6 +54,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// How often a store that lost its database checks whether it is back.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// Attempts at a statement that lost a write race to another transaction, after the first.
+const CONFLICT_RETRIES: usize = 50;
 
 fn classify(e: surrealdb::Error) -> StoreError {
     if e.is_connection() {
@@ -197,16 +201,22 @@ impl Store {
             return;
         }
         let (db, health) = (self.db.clone(), Arc::clone(&self.health));
+        let every = ConstantBuilder::default()
+            .with_delay(PROBE_EVERY)
+            .without_max_times();
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(PROBE_EVERY).await;
+            tokio::time::sleep(PROBE_EVERY).await;
+            let back = || async {
                 if Self::answers(&db).await {
-                    health.down.store(false, Ordering::SeqCst);
-                    health.probing.store(false, Ordering::SeqCst);
-                    tracing::info!("database reachable again");
-                    return;
+                    Ok(())
+                } else {
+                    Err(())
                 }
-            }
+            };
+            let _ = back.retry(every).sleep(tokio::time::sleep).await;
+            health.down.store(false, Ordering::SeqCst);
+            health.probing.store(false, Ordering::SeqCst);
+            tracing::info!("database reachable again");
         });
     }
 
@@ -267,6 +277,22 @@ impl Store {
             self.mark_down();
         }
         result
+    }
+
+    /// Runs `sql` again while it loses write races (optimistic transactions), after short
+    /// jittered pauses that grow with each attempt.
+    async fn run_retrying(&self, sql: &str, vars: Value) -> Result<Vec<Vec<Value>>> {
+        let pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(1))
+            .with_factor(1.5)
+            .with_max_delay(Duration::from_millis(50))
+            .with_jitter()
+            .with_max_times(CONFLICT_RETRIES);
+        (|| self.run(sql, vars.clone()))
+            .retry(pauses)
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, StoreError::Conflict(_)))
+            .await
     }
 
     /// The rows of statement `index`, decoded.
