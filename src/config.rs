@@ -419,7 +419,7 @@ fn env_kind(pointer: &str) -> EnvKind {
 /// The JSON Schema of `ares.yaml`.
 pub fn settings_schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(crate::agents::schema_of::<Settings>)
+    SCHEMA.get_or_init(crate::schema_check::schema_of::<Settings>)
 }
 
 fn settings_validator() -> &'static jsonschema::Validator {

@@ -1,4 +1,5 @@
-//! Checks a located document against a JSON Schema and words each failure for a person.
+//! JSON Schemas of settings and agent files: generated from the Rust types, and a located
+//! document checked against one, each failure worded for a person.
 //!
 //! jsonschema's own messages describe the schema; these describe the fix: the expected type
 //! and range, the allowed values, the unknown field and the ones that are allowed.
@@ -9,6 +10,14 @@ use serde_json::Value;
 
 use crate::diag::Diagnostic;
 use crate::yaml::{Located, push_pointer};
+
+/// The JSON Schema (2020-12, subschemas inlined) of a Rust type.
+pub fn schema_of<T: schemars::JsonSchema>() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    serde_json::to_value(generator.into_root_schema_for::<T>()).expect("a schema serializes")
+}
 
 /// Checks `doc` (read from `file`) against `validator`, compiled from `schema`.
 pub fn check(file: &str, doc: &Located, schema: &Value, validator: &Validator) -> Vec<Diagnostic> {

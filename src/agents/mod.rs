@@ -7,10 +7,6 @@ mod spec;
 
 use std::collections::BTreeSet;
 
-use schemars::JsonSchema;
-use schemars::generate::SchemaSettings;
-use serde_json::Value;
-
 pub use load::{GLOBAL_DIR, LoadReport, is_valid_name, load_dir, parse_agent};
 pub use registry::{Agent, AgentRegistry, AgentSet, ReloadStatus, ReloadWatcher};
 pub use spec::{AgentSpec, AgentStatus, agent_schema};
@@ -31,14 +27,6 @@ impl Catalog {
             tools: crate::tools::names().map(String::from).collect(),
         }
     }
-}
-
-/// The JSON Schema (2020-12, subschemas inlined) of a Rust type.
-pub fn schema_of<T: JsonSchema>() -> Value {
-    let generator = SchemaSettings::draft2020_12()
-        .with(|s| s.inline_subschemas = true)
-        .into_generator();
-    serde_json::to_value(generator.into_root_schema_for::<T>()).expect("a schema serializes")
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 /// The JSON Schema of an agent file, as committed in `contracts/agent.schema.json`.
 pub fn agent_schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(super::schema_of::<AgentSpec>)
+    SCHEMA.get_or_init(crate::schema_check::schema_of::<AgentSpec>)
 }
 
 pub(super) fn agent_validator() -> &'static jsonschema::Validator {
