@@ -165,15 +165,16 @@ pub fn run(cli: Cli) -> ExitCode {
 /// `ares check`: 0 when every invariant holds, 1 with the violations, 2 when it cannot check.
 async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let settings = settings_or_exit(global)?;
-    let report = async {
-        let store = crate::store::Store::connect(&settings.database).await?;
-        store.check(settings.billing.period_start_day).await
-    }
-    .await;
+    let engine = crate::engine::Engine::open_database(settings).await;
+    let database = engine.as_ref().map(|e| e.database()).unwrap_or_default();
+    let report = match engine {
+        Ok(engine) => engine.check().await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
     let report = match report {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot check the database: {e}");
+            eprintln!("error: cannot check the database: {e:#}");
             return Ok(ExitCode::from(2));
         }
     };
@@ -184,7 +185,7 @@ async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode>
             }
             eprintln!(
                 "{}: {} runs, {} chats, {} tenant-days, {} periods, {} agents, {} keys checked; {} violations",
-                crate::store::redact_url(&settings.database.url),
+                database,
                 report.runs,
                 report.chats,
                 report.tenant_days,
@@ -236,12 +237,7 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
 
 fn block_on_code(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     init_logs();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // Database calls run inside request handlers.
-        .thread_stack_size(crate::store::THREAD_STACK_SIZE)
-        .build()
-    {
+    let runtime = match crate::engine::runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -276,8 +272,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn tenant(global: &GlobalArgs, cmd: TenantCommand) -> anyhow::Result<()> {
-    let settings = settings_or_exit(global)?;
-    let store = crate::store::Store::connect(&settings.database).await?;
+    let engine = crate::engine::Engine::open_database(settings_or_exit(global)?).await?;
     match cmd {
         TenantCommand::Create {
             slug,
@@ -285,32 +280,28 @@ async fn tenant(global: &GlobalArgs, cmd: TenantCommand) -> anyhow::Result<()> {
             quota_runs,
             quota_tokens,
         } => {
-            let app = crate::server::Application::with_store(settings, store)?;
-            let created = crate::api::admin::provision(
-                &app.app,
-                &slug,
-                name.as_deref(),
+            let new = crate::engine::NewTenant {
+                slug,
+                name,
                 quota_runs,
                 quota_tokens,
-                None,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            let t = &created.tenant;
+                rate_limit: None,
+            };
+            let (t, key) = engine.provision_tenant(new).await?;
             println!("tenant:       {}", t.slug);
             println!("name:         {}", t.name);
             println!("quota_runs:   {}", t.quota_runs);
             println!("quota_tokens: {}", t.quota_tokens);
-            println!("key id:       {}", created.api_key.key);
+            println!("key id:       {}", key.key.id);
             println!("API key secret (shown once, store it now):");
-            println!("{}", created.api_key.secret);
+            println!("{}", key.secret);
         }
         TenantCommand::List => {
             println!(
                 "{:<32} {:>12} {:>14}  NAME",
                 "SLUG", "QUOTA_RUNS", "QUOTA_TOKENS"
             );
-            for t in store.tenants().await? {
+            for t in engine.list_tenants().await? {
                 println!(
                     "{:<32} {:>12} {:>14}  {}",
                     t.slug, t.quota_runs, t.quota_tokens, t.name

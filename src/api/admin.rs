@@ -9,11 +9,10 @@ use poem_openapi::{Object, OpenApi, Tags};
 
 use super::App;
 use super::auth::AdminAuth;
-use super::error::{ApiError, responses};
+use super::error::responses;
 use super::keys::CreatedKey;
 use super::wire::{JsonBody, Timestamp};
-use crate::agents::is_valid_name;
-use crate::store::{Tenant, TenantPatch};
+use crate::engine::{NewTenant, Tenant, TenantPatch};
 
 #[derive(Tags)]
 pub enum AdminTags {
@@ -154,47 +153,6 @@ responses! {
 
 pub struct AdminApi;
 
-/// Creates a tenant and its first key: shared by the admin API and `ares tenant create`.
-pub async fn provision(
-    app: &App,
-    slug: &str,
-    name: Option<&str>,
-    quota_runs: Option<u64>,
-    quota_tokens: Option<u64>,
-    rate_limit: Option<u64>,
-) -> Result<CreatedTenant, ApiError> {
-    if !is_valid_name(slug) {
-        return Err(ApiError::validation(format!(
-            "slug: '{slug}' is not valid: use 1-64 lowercase letters, digits and `-`, starting and ending with a letter or digit"
-        )));
-    }
-    let store = &app.engine.store;
-    let q = &app.settings.quotas;
-    let tenant = store
-        .create_tenant(
-            slug,
-            name.unwrap_or(slug),
-            quota_runs.unwrap_or(q.runs),
-            quota_tokens.unwrap_or(q.tokens),
-            rate_limit,
-        )
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                "conflict",
-                format!("a tenant with slug '{slug}' already exists"),
-            )
-        })?;
-    let key = store.create_key(slug, "initial", None).await?;
-    Ok(CreatedTenant {
-        tenant: tenant.into(),
-        api_key: CreatedKey {
-            key: key.key.id,
-            secret: key.secret,
-        },
-    })
-}
-
 #[OpenApi(tag = "AdminTags::Tenants")]
 impl AdminApi {
     /// Create a tenant
@@ -208,20 +166,18 @@ impl AdminApi {
         body: JsonBody<CreateTenantRequest>,
     ) -> CreateTenantResponse {
         let b = body.0;
-        match provision(
-            app.0,
-            &b.slug,
-            b.name.as_deref(),
-            b.quota_runs,
-            b.quota_tokens,
-            b.rate_limit_per_minute,
-        )
-        .await
-        {
-            Ok(created) => {
-                tracing::info!(tenant = %created.tenant.slug, "tenant created");
-                CreateTenantResponse::Created(Json(created))
-            }
+        let new = NewTenant {
+            slug: b.slug,
+            name: b.name,
+            quota_runs: b.quota_runs,
+            quota_tokens: b.quota_tokens,
+            rate_limit: b.rate_limit_per_minute,
+        };
+        match app.engine.provision_tenant(new).await {
+            Ok((tenant, key)) => CreateTenantResponse::Created(Json(CreatedTenant {
+                tenant: tenant.into(),
+                api_key: key.into(),
+            })),
             Err(e) => e.into(),
         }
     }
@@ -231,11 +187,11 @@ impl AdminApi {
     /// Every tenant of the deployment with its quotas, ordered by slug.
     #[oai(path = "/tenants", method = "get", operation_id = "listTenants")]
     async fn list(&self, app: Data<&Arc<App>>, _auth: AdminAuth) -> ListTenantsResponse {
-        match app.engine.store.tenants().await {
+        match app.engine.list_tenants().await {
             Ok(t) => ListTenantsResponse::Ok(Json(TenantList {
                 tenants: t.into_iter().map(TenantInfo::from).collect(),
             })),
-            Err(e) => ApiError::from(e).into(),
+            Err(e) => e.into(),
         }
     }
 
@@ -261,14 +217,9 @@ impl AdminApi {
             quota_tokens: body.0.quota_tokens,
             rate_limit: body.0.rate_limit_per_minute,
         };
-        match app.engine.store.update_tenant(&slug.0, &patch).await {
-            Ok(Some(t)) => UpdateTenantResponse::Ok(Json(t.into())),
-            Ok(None) => ApiError::new(
-                "tenant_not_found",
-                format!("no tenant with slug '{}'", slug.0),
-            )
-            .into(),
-            Err(e) => ApiError::from(e).into(),
+        match app.engine.update_tenant(&slug.0, &patch).await {
+            Ok(t) => UpdateTenantResponse::Ok(Json(t.into())),
+            Err(e) => e.into(),
         }
     }
 }

@@ -8,14 +8,12 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::auth::ApiKeyAuth;
-use super::error::{ApiError, responses};
+use super::error::responses;
 use super::json_object::JsonObject;
 use super::wire::document_example;
 use super::wire::{JsonBody, Timestamp};
 use super::{ApiTags, App, Page};
-use crate::agents::Agent;
-use crate::engine::{EngineError, agent_id};
-use crate::store::{AgentState, RunRecord};
+use crate::engine::{AgentView, RunRecord};
 
 /// An agent's configuration as listed.
 #[derive(Debug, Clone, Object)]
@@ -191,14 +189,6 @@ impl From<RunRecord> for RunResponse {
     }
 }
 
-fn success_rate(s: &AgentState) -> f64 {
-    if s.total_runs == 0 {
-        0.0
-    } else {
-        s.completed_runs as f64 / s.total_runs as f64
-    }
-}
-
 fn schema_object(v: &Option<serde_json::Value>) -> Option<JsonObject> {
     match v {
         Some(serde_json::Value::Object(m)) => Some(JsonObject(m.clone())),
@@ -206,53 +196,52 @@ fn schema_object(v: &Option<serde_json::Value>) -> Option<JsonObject> {
     }
 }
 
-fn summary(tenant: &str, a: &Agent, s: &AgentState) -> AgentSummary {
-    AgentSummary {
-        id: agent_id(tenant, &a.name),
-        name: a.name.clone(),
-        agent_type: a.spec.agent_type.clone(),
-        status: a.spec.status.as_str().to_string(),
-        config: AgentConfigSummary {
-            model: a.spec.model.clone(),
-            tools: a.spec.tools.clone(),
-        },
-        created_at: s.created_at.into(),
-        last_run: s.last_run.map(Timestamp),
-        total_runs: s.total_runs,
-        success_rate: success_rate(s),
+impl From<AgentView> for AgentSummary {
+    fn from(v: AgentView) -> Self {
+        let a = &v.agent;
+        AgentSummary {
+            id: v.id.clone(),
+            name: a.name.clone(),
+            agent_type: a.spec.agent_type.clone(),
+            status: a.spec.status.as_str().to_string(),
+            config: AgentConfigSummary {
+                model: a.spec.model.clone(),
+                tools: a.spec.tools.clone(),
+            },
+            created_at: v.state.created_at.into(),
+            last_run: v.state.last_run.map(Timestamp),
+            total_runs: v.state.total_runs,
+            success_rate: v.success_rate(),
+        }
     }
 }
 
-fn detail(tenant: &str, a: &Agent, s: &AgentState) -> AgentDetail {
-    AgentDetail {
-        id: agent_id(tenant, &a.name),
-        name: a.name.clone(),
-        agent_type: a.spec.agent_type.clone(),
-        status: a.spec.status.as_str().to_string(),
-        description: a.spec.description.clone(),
-        config: AgentConfig {
-            model: a.spec.model.clone(),
-            system_prompt: a.spec.system_prompt.clone(),
-            tools: a.spec.tools.clone(),
-            max_tokens: a.spec.max_tokens,
-            temperature: a.spec.temperature,
-            max_tool_iterations: Some(a.spec.max_tool_iterations),
-            timeout_ms: Some(a.spec.timeout_ms),
-            input_schema: schema_object(&a.spec.input_schema),
-            output_schema: schema_object(&a.spec.output_schema),
-        },
-        created_at: s.created_at.into(),
-        last_run: s.last_run.map(Timestamp),
-        total_runs: s.total_runs,
-        success_rate: success_rate(s),
+impl From<AgentView> for AgentDetail {
+    fn from(v: AgentView) -> Self {
+        let a = &v.agent;
+        AgentDetail {
+            id: v.id.clone(),
+            name: a.name.clone(),
+            agent_type: a.spec.agent_type.clone(),
+            status: a.spec.status.as_str().to_string(),
+            description: a.spec.description.clone(),
+            config: AgentConfig {
+                model: a.spec.model.clone(),
+                system_prompt: a.spec.system_prompt.clone(),
+                tools: a.spec.tools.clone(),
+                max_tokens: a.spec.max_tokens,
+                temperature: a.spec.temperature,
+                max_tool_iterations: Some(a.spec.max_tool_iterations),
+                timeout_ms: Some(a.spec.timeout_ms),
+                input_schema: schema_object(&a.spec.input_schema),
+                output_schema: schema_object(&a.spec.output_schema),
+            },
+            created_at: v.state.created_at.into(),
+            last_run: v.state.last_run.map(Timestamp),
+            total_runs: v.state.total_runs,
+            success_rate: v.success_rate(),
+        }
     }
-}
-
-fn agent_not_found(name: &str) -> ApiError {
-    ApiError::new(
-        "agent_not_found",
-        format!("no agent named '{name}' in this tenant"),
-    )
 }
 
 responses! {
@@ -321,21 +310,6 @@ responses! {
     }
 }
 
-/// Maps an engine refusal to its API error.
-pub fn engine_error(e: EngineError) -> ApiError {
-    match e {
-        EngineError::AgentNotFound(name) => agent_not_found(&name),
-        EngineError::AgentDisabled(name) => {
-            ApiError::new("agent_disabled", format!("agent '{name}' is disabled"))
-        }
-        EngineError::Invalid { field, message } => {
-            ApiError::validation(format!("{field}: {message}"))
-        }
-        EngineError::QuotaExceeded(m) => ApiError::new("quota_exceeded", m),
-        EngineError::Store(e) => e.into(),
-    }
-}
-
 pub struct AgentsApi;
 
 #[OpenApi(tag = "ApiTags::Agents")]
@@ -365,36 +339,19 @@ impl AgentsApi {
             Ok(p) => p,
             Err(e) => return e.into(),
         };
-        let tenant = &auth.0.tenant.slug;
-        let set = app.engine.agents.snapshot();
-        let all = set.list(tenant);
-        let total = all.len() as u64;
-        let slice: Vec<Arc<Agent>> = all
-            .into_iter()
-            .skip(page.offset())
-            .take(page.per_page as usize)
-            .cloned()
-            .collect();
-        drop(set);
-        let ids: Vec<(String, String)> = slice
-            .iter()
-            .map(|a| (agent_id(tenant, &a.name), a.name.clone()))
-            .collect();
-        let states = match app.engine.store.agent_states(tenant, &ids).await {
-            Ok(s) => s,
-            Err(e) => return ApiError::from(e).into(),
-        };
-        let agents = slice
-            .iter()
-            .zip(states.iter())
-            .map(|(a, s)| summary(tenant, a, s))
-            .collect();
-        ListAgentsResponse::Ok(Json(AgentList {
-            agents,
-            total,
-            page: page.page,
-            per_page: page.per_page,
-        }))
+        match app
+            .engine
+            .list_agents(&auth.0.tenant, page.offset(), page.limit())
+            .await
+        {
+            Ok(listing) => ListAgentsResponse::Ok(Json(AgentList {
+                agents: listing.items.into_iter().map(AgentSummary::from).collect(),
+                total: listing.total,
+                page: page.page,
+                per_page: page.per_page,
+            })),
+            Err(e) => e.into(),
+        }
     }
 
     /// Get agent details
@@ -408,17 +365,9 @@ impl AgentsApi {
         /// The agent's name.
         name: Path<String>,
     ) -> GetAgentResponse {
-        let tenant = &auth.0.tenant.slug;
-        let Some(agent) = app.engine.agents.snapshot().get(tenant, &name.0).cloned() else {
-            return agent_not_found(&name.0).into();
-        };
-        let ids = [(agent_id(tenant, &agent.name), agent.name.clone())];
-        match app.engine.store.agent_states(tenant, &ids).await {
-            Ok(states) => match states.first() {
-                Some(s) => GetAgentResponse::Ok(Json(detail(tenant, &agent, s))),
-                None => ApiError::internal().into(),
-            },
-            Err(e) => ApiError::from(e).into(),
+        match app.engine.get_agent(&auth.0.tenant, &name.0).await {
+            Ok(view) => GetAgentResponse::Ok(Json(view.into())),
+            Err(e) => e.into(),
         }
     }
 
@@ -445,7 +394,7 @@ impl AgentsApi {
                 app.metrics.record_run(run.status.as_str(), run.tokens_used);
                 RunAgentResponse::Ok(Json(run.into()))
             }
-            Err(e) => engine_error(e).into(),
+            Err(e) => e.into(),
         }
     }
 
@@ -480,36 +429,18 @@ impl AgentsApi {
             Ok(p) => p,
             Err(e) => return e.into(),
         };
-        let tenant = &auth.0.tenant.slug;
-        if app.engine.agents.snapshot().get(tenant, &name.0).is_none() {
-            return agent_not_found(&name.0).into();
-        }
-        let id = agent_id(tenant, &name.0);
-        let store = &app.engine.store;
-        let states = match store
-            .agent_states(tenant, &[(id.clone(), name.0.clone())])
+        match app
+            .engine
+            .list_runs(&auth.0.tenant, &name.0, page.offset(), page.limit())
             .await
         {
-            Ok(s) => s,
-            Err(e) => return ApiError::from(e).into(),
-        };
-        let Some(state) = states.first() else {
-            return ApiError::internal().into();
-        };
-        // Every run started is listed (one in flight shows as `running`), but for those
-        // retention deleted.
-        let total = state.run_seq.saturating_sub(state.purged_seq);
-        match store
-            .runs(&id, state, page.offset() as u64, u64::from(page.per_page))
-            .await
-        {
-            Ok(runs) => ListRunsResponse::Ok(Json(RunList {
-                runs: runs.into_iter().map(RunResponse::from).collect(),
-                total,
+            Ok(listing) => ListRunsResponse::Ok(Json(RunList {
+                runs: listing.items.into_iter().map(RunResponse::from).collect(),
+                total: listing.total,
                 page: page.page,
                 per_page: page.per_page,
             })),
-            Err(e) => ApiError::from(e).into(),
+            Err(e) => e.into(),
         }
     }
 }

@@ -6,9 +6,8 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
-use super::agents::engine_error;
 use super::auth::ApiKeyAuth;
-use super::error::{ApiError, responses};
+use super::error::responses;
 use super::wire::document_example;
 use super::wire::{JsonBody, Sse};
 use super::{ApiTags, App};
@@ -165,7 +164,7 @@ impl ChatApi {
         body: JsonBody<ChatRequest>,
     ) -> ChatEndpointResponse {
         match app.engine.chat(&auth.0.tenant, input(body.0)).await {
-            Ok(Ok(out)) => {
+            Ok(out) => {
                 app.metrics.record_tokens(out.tokens_used);
                 ChatEndpointResponse::Ok(Json(ChatResponse {
                     id: out.id,
@@ -175,8 +174,7 @@ impl ChatApi {
                     finish_reason: out.finish_reason,
                 }))
             }
-            Ok(Err(provider)) => ApiError::new("upstream_error", provider.to_string()).into(),
-            Err(e) => engine_error(e).into(),
+            Err(e) => e.into(),
         }
     }
 
@@ -206,7 +204,7 @@ impl ChatApi {
                     .boxed();
                 ChatStreamResponse::Ok(Sse(events))
             }
-            Err(e) => engine_error(e).into(),
+            Err(e) => e.into(),
         }
     }
 }

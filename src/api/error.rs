@@ -4,91 +4,59 @@ use poem::http::StatusCode;
 use poem_openapi::Object;
 use poem_openapi::payload::Json;
 
-/// Every error code `ares` answers with: the code, its HTTP status and what it means.
-/// `docs/errors.md` lists the same table; a test keeps the two equal.
-pub const ERROR_CODES: &[(&str, u16, &str)] = &[
-    (
-        "invalid_request",
-        400,
-        "The request is malformed: bad JSON, a wrong type or a bad query parameter. The message names the field.",
-    ),
-    (
-        "unauthorized",
-        401,
-        "The Authorization header is missing or malformed, or the key is unknown, expired or revoked.",
-    ),
-    (
-        "not_found",
-        404,
-        "No such route, or no such object in this tenant.",
-    ),
-    (
-        "agent_not_found",
-        404,
-        "No agent of that name is offered to this tenant.",
-    ),
-    (
-        "api_key_not_found",
-        404,
-        "No API key with that id belongs to this tenant.",
-    ),
-    (
-        "tenant_not_found",
-        404,
-        "No tenant with that slug (admin API).",
-    ),
-    (
-        "method_not_allowed",
-        405,
-        "The route exists but not with this method.",
-    ),
-    (
-        "conflict",
-        409,
-        "The object already exists (admin API: a tenant slug).",
-    ),
-    (
-        "payload_too_large",
-        413,
-        "The request body is larger than the configured limit.",
-    ),
-    (
-        "unsupported_media_type",
-        415,
-        "The request body is not JSON (send Content-Type: application/json).",
-    ),
-    (
-        "validation_failed",
-        422,
-        "The request is well-formed but a value is not acceptable: the message names the field and the rule.",
-    ),
-    ("agent_disabled", 409, "The agent exists but is disabled."),
-    (
-        "quota_exceeded",
-        429,
-        "The tenant has used its run or token quota for the current billing period.",
-    ),
-    (
-        "rate_limited",
-        429,
-        "The API key sent more requests than its tenant's per-minute limit; retry after the `Retry-After` header's seconds.",
-    ),
-    (
-        "upstream_error",
-        502,
-        "The model provider failed or answered with an error (chat); runs record this as a failed run instead.",
-    ),
-    (
-        "internal_error",
-        500,
-        "Something failed inside ares; the cause is logged under the request id.",
-    ),
-    (
-        "unavailable",
-        503,
-        "The database cannot be reached; retry later.",
-    ),
-];
+use crate::engine::EngineError;
+
+/// Declares the error table: one variant per code, with its HTTP status and meaning.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = ($code:literal, $status:literal, $meaning:literal),)+) => {
+        /// Every error code `ares` answers with. `docs/errors.md` lists the same table; a test
+        /// keeps the two equal.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl ErrorCode {
+            /// Every code, in the table's order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            /// The stable snake_case code of the error body.
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)+ }
+            }
+
+            /// The HTTP status answered with this code.
+            pub fn status(self) -> u16 {
+                match self { $(ErrorCode::$variant => $status,)+ }
+            }
+
+            /// What the code means, as `docs/errors.md` says it.
+            pub fn meaning(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $meaning,)+ }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidRequest = ("invalid_request", 400, "The request is malformed: bad JSON, a wrong type or a bad query parameter. The message names the field."),
+    Unauthorized = ("unauthorized", 401, "The Authorization header is missing or malformed, or the key is unknown, expired or revoked."),
+    NotFound = ("not_found", 404, "No such route, or no such object in this tenant."),
+    AgentNotFound = ("agent_not_found", 404, "No agent of that name is offered to this tenant."),
+    ApiKeyNotFound = ("api_key_not_found", 404, "No API key with that id belongs to this tenant."),
+    TenantNotFound = ("tenant_not_found", 404, "No tenant with that slug (admin API)."),
+    MethodNotAllowed = ("method_not_allowed", 405, "The route exists but not with this method."),
+    Conflict = ("conflict", 409, "The object already exists (admin API: a tenant slug)."),
+    PayloadTooLarge = ("payload_too_large", 413, "The request body is larger than the configured limit."),
+    UnsupportedMediaType = ("unsupported_media_type", 415, "The request body is not JSON (send Content-Type: application/json)."),
+    ValidationFailed = ("validation_failed", 422, "The request is well-formed but a value is not acceptable: the message names the field and the rule."),
+    AgentDisabled = ("agent_disabled", 409, "The agent exists but is disabled."),
+    QuotaExceeded = ("quota_exceeded", 429, "The tenant has used its run or token quota for the current billing period."),
+    RateLimited = ("rate_limited", 429, "The API key sent more requests than its tenant's per-minute limit; retry after the `Retry-After` header's seconds."),
+    UpstreamError = ("upstream_error", 502, "The model provider failed or answered with an error (chat); runs record this as a failed run instead."),
+    InternalError = ("internal_error", 500, "Something failed inside ares; the cause is logged under the request id."),
+    Unavailable = ("unavailable", 503, "The database cannot be reached; retry later."),
+}
 
 /// The body of every error response.
 #[derive(Debug, Clone, Object)]
@@ -123,60 +91,60 @@ impl poem_openapi::types::Example for ErrorBody {
 /// An error a handler answers with. The request id is filled in by the middleware.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    pub code: ErrorCode,
+    /// The code's status, except for the rare status poem raises that has no code of its own
+    /// (answered as `invalid_request` with poem's status).
     pub status: u16,
-    pub code: &'static str,
     pub message: String,
     /// Seconds after which a refused request may be sent again (`Retry-After`).
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
-    /// An error of a code from [`ERROR_CODES`].
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        let status = ERROR_CODES
-            .iter()
-            .find(|(c, _, _)| *c == code)
-            .map_or(500, |(_, s, _)| *s);
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
+            status: code.status(),
             message: message.into(),
             retry_after: None,
         }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        ApiError::new("invalid_request", message)
+        ApiError::new(ErrorCode::InvalidRequest, message)
     }
     pub fn validation(message: impl Into<String>) -> Self {
-        ApiError::new("validation_failed", message)
+        ApiError::new(ErrorCode::ValidationFailed, message)
     }
     pub fn unauthorized() -> Self {
         ApiError::new(
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "missing, malformed, unknown, expired or revoked API key; send Authorization: Bearer ares_...",
         )
     }
     pub fn unauthorized_admin() -> Self {
         ApiError::new(
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "missing or wrong admin token; send Authorization: Bearer $ARES_ADMIN_TOKEN",
         )
     }
     pub fn internal() -> Self {
         ApiError::new(
-            "internal_error",
+            ErrorCode::InternalError,
             "internal error; the cause is logged under this request id",
         )
     }
     pub fn unavailable() -> Self {
-        ApiError::new("unavailable", "the database is unavailable; retry later")
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the database is unavailable; retry later",
+        )
     }
     pub fn rate_limited(per_minute: u64, retry_after: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after),
             ..ApiError::new(
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!(
                     "this API key is limited to {per_minute} requests per minute; retry after {retry_after} s"
                 ),
@@ -188,7 +156,7 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_string(),
+                code: self.code.as_str().to_string(),
                 message: self.message.clone(),
                 request_id: super::request_id::current(),
             },
@@ -202,25 +170,42 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status,
+            self.code.as_str(),
+            self.message
+        )
     }
 }
 
 impl std::error::Error for ApiError {}
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
+/// The one mapping from the engine's errors to the wire's.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
         match e {
-            crate::store::StoreError::Unavailable(cause) => {
+            EngineError::Unauthorized => ApiError::unauthorized(),
+            EngineError::RateLimited {
+                per_minute,
+                retry_after,
+            } => ApiError::rate_limited(per_minute, retry_after),
+            EngineError::AgentNotFound(_) => ApiError::new(ErrorCode::AgentNotFound, message),
+            EngineError::AgentDisabled(_) => ApiError::new(ErrorCode::AgentDisabled, message),
+            EngineError::KeyNotFound(_) => ApiError::new(ErrorCode::ApiKeyNotFound, message),
+            EngineError::TenantNotFound(_) => ApiError::new(ErrorCode::TenantNotFound, message),
+            EngineError::TenantExists(_) => ApiError::new(ErrorCode::Conflict, message),
+            EngineError::Invalid { .. } => ApiError::validation(message),
+            EngineError::QuotaExceeded(_) => ApiError::new(ErrorCode::QuotaExceeded, message),
+            EngineError::Upstream(_) => ApiError::new(ErrorCode::UpstreamError, message),
+            EngineError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 ApiError::unavailable()
             }
-            crate::store::StoreError::Conflict(cause) => {
-                tracing::error!(error = %cause, "storage conflict persisted after retries");
-                ApiError::internal()
-            }
-            crate::store::StoreError::Internal(cause) => {
-                tracing::error!(error = ?cause, "storage failure");
+            EngineError::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal failure");
                 ApiError::internal()
             }
         }
@@ -262,6 +247,12 @@ macro_rules! responses {
             Internal(poem_openapi::payload::Json<$crate::api::error::ErrorBody>),
         }
 
+        impl From<$crate::engine::EngineError> for $name {
+            fn from(e: $crate::engine::EngineError) -> Self {
+                $crate::api::error::ApiError::from(e).into()
+            }
+        }
+
         impl From<$crate::api::error::ApiError> for $name {
             fn from(e: $crate::api::error::ApiError) -> Self {
                 let body = poem_openapi::payload::Json(e.body());
@@ -272,7 +263,21 @@ macro_rules! responses {
                 )?
                 match e.status {
                     $($status => $name::$err(body),)*
-                    _ => $name::Internal(body),
+                    500 => $name::Internal(body),
+                    undeclared => {
+                        // A status the spec does not list for this operation would break
+                        // clients generated from it: answer an opaque 500, and say so loudly
+                        // (`tests/api/statuses.rs` fails on it).
+                        tracing::error!(
+                            status = undeclared,
+                            code = e.code.as_str(),
+                            message = %e.message,
+                            "an operation answered a status its response enum does not declare"
+                        );
+                        $name::Internal(poem_openapi::payload::Json(
+                            $crate::api::error::ApiError::internal().body(),
+                        ))
+                    }
                 }
             }
         }

@@ -2,18 +2,17 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::auth::ApiKeyAuth;
-use super::error::{ApiError, responses};
+use super::error::responses;
 use super::wire::document_example;
 use super::wire::{JsonBody, Timestamp};
 use super::{ApiTags, App};
-use crate::store::ApiKey;
+use crate::engine::{ApiKey, NewKey};
 
 /// An API key, without its secret.
 #[derive(Debug, Clone, Object)]
@@ -43,6 +42,15 @@ impl From<ApiKey> for ApiKeyInfo {
             created_at: k.created_at.into(),
             expires_at: k.expires_at.map(Timestamp),
             last_used: k.last_used.map(Timestamp),
+        }
+    }
+}
+
+impl From<NewKey> for CreatedKey {
+    fn from(k: NewKey) -> Self {
+        CreatedKey {
+            key: k.key.id,
+            secret: k.secret,
         }
     }
 }
@@ -132,11 +140,11 @@ impl KeysApi {
     /// Returns the tenant's API keys that are not revoked. Secrets are never returned after creation.
     #[oai(path = "/api-keys", method = "get", operation_id = "listApiKeys")]
     async fn list(&self, app: Data<&Arc<App>>, auth: ApiKeyAuth) -> ListKeysResponse {
-        match app.engine.store.keys(&auth.0.tenant.slug).await {
+        match app.engine.list_keys(&auth.0.tenant).await {
             Ok(keys) => ListKeysResponse::Ok(Json(ApiKeyList {
                 keys: keys.into_iter().map(ApiKeyInfo::from).collect(),
             })),
-            Err(e) => ApiError::from(e).into(),
+            Err(e) => e.into(),
         }
     }
 
@@ -150,21 +158,14 @@ impl KeysApi {
         auth: ApiKeyAuth,
         body: JsonBody<CreateKeyRequest>,
     ) -> CreateKeyResponse {
-        let expires = body
-            .0
-            .expires_in_days
-            .map(|d| Utc::now() + chrono::Duration::days(i64::from(d)));
+        let body = body.0;
         match app
             .engine
-            .store
-            .create_key(&auth.0.tenant.slug, &body.0.name, expires)
+            .create_key(&auth.0.tenant.slug, &body.name, body.expires_in_days)
             .await
         {
-            Ok(new) => CreateKeyResponse::Created(Json(CreatedKey {
-                key: new.key.id,
-                secret: new.secret,
-            })),
-            Err(e) => ApiError::from(e).into(),
+            Ok(new) => CreateKeyResponse::Created(Json(new.into())),
+            Err(e) => e.into(),
         }
     }
 
@@ -183,19 +184,9 @@ impl KeysApi {
         /// The key's id.
         id: Path<String>,
     ) -> RevokeKeyResponse {
-        match app
-            .engine
-            .store
-            .revoke_key(&auth.0.tenant.slug, &id.0)
-            .await
-        {
-            Ok(true) => RevokeKeyResponse::Revoked,
-            Ok(false) => ApiError::new(
-                "api_key_not_found",
-                format!("no API key with id '{}' in this tenant", id.0),
-            )
-            .into(),
-            Err(e) => ApiError::from(e).into(),
+        match app.engine.revoke_key(&auth.0.tenant, &id.0).await {
+            Ok(()) => RevokeKeyResponse::Revoked,
+            Err(e) => e.into(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The HTTP layer: the V1 client API and the admin API (poem-openapi), errors, auth, metrics.
 //!
-//! The only module that knows HTTP and wire types; handlers convert to and from the engine's
-//! and the store's types explicitly.
+//! The only module that knows HTTP and wire types. A handler converts the request, calls one of
+//! the engine's use cases, and converts its answer; it reaches nothing else.
 
 pub mod admin;
 pub mod agents;
@@ -11,7 +11,6 @@ pub mod error;
 pub mod json_object;
 pub mod keys;
 pub mod metrics;
-pub mod rate_limit;
 pub mod request_id;
 pub mod usage;
 pub mod wire;
@@ -23,17 +22,14 @@ use poem::web::Data;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Response, Route, handler};
 use poem_openapi::{ExtraHeader, OpenApiService, Tags};
 
-use crate::config::Settings;
 use crate::engine::Engine;
-use error::ApiError;
+use error::{ApiError, ErrorCode};
 use metrics::Metrics;
 
-/// What every handler can reach.
+/// What every handler can reach: the engine's use cases, and the HTTP metrics.
 pub struct App {
     pub engine: Arc<Engine>,
-    pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
-    pub limiter: rate_limit::RateLimiter,
 }
 
 #[derive(Tags)]
@@ -82,8 +78,14 @@ impl Page {
         Ok(Page { page, per_page })
     }
 
-    pub fn offset(&self) -> usize {
-        (self.page as usize - 1).saturating_mul(self.per_page as usize)
+    /// Items before this page.
+    pub fn offset(&self) -> u64 {
+        u64::from(self.page - 1) * u64::from(self.per_page)
+    }
+
+    /// Items on a full page.
+    pub fn limit(&self) -> u64 {
+        u64::from(self.per_page)
     }
 }
 
@@ -141,16 +143,17 @@ fn to_api_error(err: poem::Error, admin: bool) -> ApiError {
         };
     }
     match err.status() {
-        StatusCode::NOT_FOUND => {
-            ApiError::new("not_found", "no such route; see /openapi.json for the API")
-        }
+        StatusCode::NOT_FOUND => ApiError::new(
+            ErrorCode::NotFound,
+            "no such route; see /openapi.json for the API",
+        ),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "this route does not accept this method",
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new("payload_too_large", err.to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(ErrorCode::PayloadTooLarge, err.to_string()),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send the body as JSON with Content-Type: application/json",
         ),
         StatusCode::UNAUTHORIZED => ApiError::unauthorized(),
@@ -159,10 +162,8 @@ fn to_api_error(err: poem::Error, admin: bool) -> ApiError {
             ApiError::internal()
         }
         s => ApiError {
-            retry_after: None,
             status: s.as_u16(),
-            code: "invalid_request",
-            message: err.to_string(),
+            ..ApiError::invalid(err.to_string())
         },
     }
 }
@@ -181,7 +182,7 @@ fn healthz() -> &'static str {
 
 #[handler]
 async fn readyz(app: Data<&Arc<App>>) -> Response {
-    if app.engine.store.ping().await {
+    if app.engine.ready().await {
         "ready".into_response()
     } else {
         ApiError::unavailable().into_response()
@@ -189,44 +190,43 @@ async fn readyz(app: Data<&Arc<App>>) -> Response {
 }
 
 /// The instance's reliability figures, for `/metrics`.
-fn ops_samples(engine: &crate::engine::Engine) -> [metrics::Sample; 4] {
-    use std::sync::atomic::Ordering::Relaxed;
-    let ops = &engine.ops;
+fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 4] {
     [
         (
             "ares_database_up",
             "gauge",
             "1 while the database answers, 0 while this instance finds it unreachable.",
-            u64::from(engine.store.is_up()),
+            u64::from(figures.database_up),
         ),
         (
             "ares_run_records_pending",
             "gauge",
             "Records of finished runs and chats waiting for the database to return.",
-            ops.pending_records.load(Relaxed),
+            figures.pending_records,
         ),
         (
             "ares_runs_interrupted_total",
             "counter",
             "Runs of stopped instances that this instance failed as interrupted.",
-            ops.interrupted_runs.load(Relaxed),
+            figures.interrupted_runs,
         ),
         (
             "ares_history_purged_total",
             "counter",
             "Runs and chats deleted by retention.",
-            ops.purged.load(Relaxed),
+            figures.purged,
         ),
     ]
 }
 
 #[handler]
 fn metrics_text(app: Data<&Arc<App>>) -> Response {
+    let figures = app.engine.figures();
     Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(
             app.metrics
-                .render(&app.engine.tool_calls.snapshot(), &ops_samples(&app.engine)),
+                .render(&figures.tool_calls, &ops_samples(&figures)),
         )
 }
 
@@ -323,7 +323,7 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
     async fn call(&self, mut req: poem::Request) -> poem::Result<E::Output> {
         let too_large = || {
             ApiError::new(
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("the request body is larger than {} bytes", self.1),
             )
         };
@@ -357,7 +357,9 @@ pub fn routes(app: Arc<App>) -> impl Endpoint<Output = Response> {
     let spec_json = v1.spec_endpoint();
     let spec_yaml = v1.spec_endpoint_yaml();
     let docs = docs_page(&v1);
-    let max_body = app.settings.limits.max_body_bytes;
+    let settings = app.engine.settings();
+    let max_body = settings.limits.max_body_bytes;
+    let with_admin = settings.admin_token.is_some();
     let metrics = Arc::clone(&app.metrics);
     let mut route = Route::new()
         .nest(
@@ -370,7 +372,7 @@ pub fn routes(app: Arc<App>) -> impl Endpoint<Output = Response> {
         .at("/healthz", healthz)
         .at("/readyz", readyz)
         .at("/metrics", metrics_text);
-    if app.settings.admin_token.is_some() {
+    if with_admin {
         route = route.nest(
             "/admin/v1",
             admin.into_endpoint().catch_all_error(|e| catch(e, true)),

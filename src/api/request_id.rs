@@ -1,6 +1,9 @@
-//! Request ids: taken from the client's `X-Request-Id` (when sane) or made, echoed on every response.
+//! Request ids: taken from the client's `X-Request-Id` (when sane) or made, echoed on every
+//! response, and carried by every log line written while the request is served (one span
+//! entered for the whole request; tasks it starts take the span with them).
 
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
+use tracing::Instrument;
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -18,7 +21,7 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Runs the request inside a scope that knows its id and sets the response header.
+/// Runs the request inside a scope and a span that know its id, and sets the response header.
 pub async fn scope<E: Endpoint>(next: &E, req: Request) -> Result<Response> {
     let id = req
         .headers()
@@ -28,10 +31,12 @@ pub async fn scope<E: Endpoint>(next: &E, req: Request) -> Result<Response> {
         .map(String::from)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let header = id.clone();
+    let span = tracing::info_span!("request", request_id = %id);
     let mut resp = REQUEST_ID
         .scope(id, async move {
             next.call(req).await.map(IntoResponse::into_response)
         })
+        .instrument(span)
         .await?;
     if let Ok(v) = header.parse() {
         resp.headers_mut().insert(HEADER, v);

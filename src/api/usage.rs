@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::auth::ApiKeyAuth;
-use super::error::{ApiError, responses};
+use super::error::responses;
 use super::wire::Timestamp;
 use super::wire::document_example;
 use super::{ApiTags, App};
@@ -72,35 +72,12 @@ impl UsageApi {
     /// unless the deployment configures another start day), with one row per active day.
     #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
     async fn usage(&self, app: Data<&Arc<App>>, auth: ApiKeyAuth) -> UsageEndpointResponse {
-        let engine = &app.engine;
         let tenant = &auth.0.tenant;
-        let now = Utc::now();
-        let period = engine.period();
-        // Calls counted on this instance and not yet written (this request included), read
-        // with the database under one gate so that a flush in between counts nothing twice or never.
-        let gate = engine.meter.reading().await;
-        let mut usage = match engine.store.usage(&tenant.slug, &period, now).await {
-            Ok(u) => u,
-            Err(e) => return ApiError::from(e).into(),
+        let report = match app.engine.usage(tenant).await {
+            Ok(r) => r,
+            Err(e) => return e.into(),
         };
-        let today = now.date_naive();
-        let pending = engine.meter.pending(&tenant.slug, today);
-        drop(gate);
-        if pending > 0 {
-            match usage.days.iter_mut().find(|d| d.date == today.to_string()) {
-                Some(d) => d.api_calls += pending,
-                None => usage.days.insert(
-                    0,
-                    crate::store::DayUsage {
-                        date: today.to_string(),
-                        runs: 0,
-                        tokens: 0,
-                        api_calls: pending,
-                    },
-                ),
-            }
-            usage.total_api_calls += pending;
-        }
+        let usage = report.usage;
         let daily_usage = usage
             .days
             .into_iter()
@@ -114,8 +91,8 @@ impl UsageApi {
             })
             .collect();
         UsageEndpointResponse::Ok(Json(UsageResponse {
-            period_start: period.start.into(),
-            period_end: period.end.into(),
+            period_start: report.period.start.into(),
+            period_end: report.period.end.into(),
             total_runs: usage.total_runs,
             total_tokens: usage.total_tokens,
             total_api_calls: usage.total_api_calls,

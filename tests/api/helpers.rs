@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ares::api::App;
 use ares::config::{ModelSettings, ProviderKind, ProviderSettings, Secret, Settings};
+use ares::engine::{Engine, ManualClock, SystemClock};
 use ares::server::Application;
 use ares::store::Store;
 use serde_json::{Value, json};
@@ -35,27 +36,75 @@ pub fn remember_secret(secret: &str) {
     writeln!(f, "{secret}").expect("the secrets list can be written");
 }
 
+/// The last lines every in-process server logged (at `info`, `ares` at `debug`), for tests
+/// that check what a log line carries.
+static CAPTURED: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+/// Lines kept in [`CAPTURED`]; older ones are dropped.
+const CAPTURE_LINES: usize = 50_000;
+
+/// Writes log lines into [`CAPTURED`].
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut lines = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
+        for line in String::from_utf8_lossy(buf).lines() {
+            if lines.len() == CAPTURE_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line.to_string());
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The captured log lines that contain `needle`.
+pub fn log_lines_with(needle: &str) -> Vec<String> {
+    CAPTURED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
+}
+
 /// Logs of the in-process servers: into the log folder when `ARES_TEST_LOG_DIR` is set
-/// (debug level for `ares`), else through the test harness's capture.
+/// (debug level for `ares`), else through the test harness's capture; and always into
+/// [`CAPTURED`].
 fn init_test_logs() {
-    use tracing_subscriber::EnvFilter;
-    if std::env::var_os("ARES_TEST_LOG_DIR").is_some() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt};
+    let out = if std::env::var_os("ARES_TEST_LOG_DIR").is_some() {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_dir().join("in-process.log"))
             .expect("the in-process log can be opened");
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(EnvFilter::new("info,ares=debug"))
+        fmt::layer()
             .with_ansi(false)
             .with_writer(std::sync::Mutex::new(file))
-            .try_init();
+            .with_filter(EnvFilter::new("info,ares=debug"))
+            .boxed()
     } else {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(EnvFilter::try_from_env("ARES_LOG").unwrap_or_else(|_| "warn".into()))
+        fmt::layer()
             .with_test_writer()
-            .try_init();
-    }
+            .with_filter(EnvFilter::try_from_env("ARES_LOG").unwrap_or_else(|_| "warn".into()))
+            .boxed()
+    };
+    let capture = fmt::layer()
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .with_filter(EnvFilter::new("info,ares=debug"));
+    let _ = tracing_subscriber::registry()
+        .with(out)
+        .with(capture)
+        .try_init();
     remember_secret(ADMIN_TOKEN);
 }
 
@@ -158,16 +207,31 @@ impl TestApp {
         Self::spawn_full(settings, store, models).await
     }
 
+    /// With a clock the test moves (test settings, offline models).
+    pub async fn spawn_with_clock(clock: ManualClock) -> TestApp {
+        let settings = test_settings();
+        let store = Store::connect(&settings.database).await.expect("database");
+        let models = ares::llm::Models::from_settings(&settings).expect("models");
+        let engine = Engine::new(settings, store, models, Arc::new(clock)).expect("engine");
+        Self::spawn_engine(engine).await
+    }
+
     pub async fn spawn_full(
         settings: Settings,
         store: Store,
         models: ares::llm::Models,
     ) -> TestApp {
+        let engine = Engine::new(settings, store, models, Arc::new(SystemClock)).expect("engine");
+        Self::spawn_engine(engine).await
+    }
+
+    /// Serves `engine` on a free port of 127.0.0.1.
+    pub async fn spawn_engine(engine: Engine) -> TestApp {
         static LOGS: std::sync::Once = std::sync::Once::new();
         LOGS.call_once(init_test_logs);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let application = Application::with_models(settings, store, models).expect("application");
+        let application = Application::new(engine);
         let app = Arc::clone(&application.app);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -319,12 +383,7 @@ impl TestApp {
 
     /// Writes counted API calls now, as the server does every second.
     pub async fn flush_usage(&self) {
-        self.app
-            .engine
-            .meter
-            .flush(&self.app.engine.store)
-            .await
-            .unwrap();
+        self.app.engine.flush_usage().await.unwrap();
     }
 }
 

@@ -154,10 +154,10 @@ async fn the_server_serves_reloaded_agents() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let attempts = app.app.engine.agents.status().attempts;
+    let attempts = app.app.engine.reload_status().attempts;
     std::fs::write(dir.path().join("acme/second.yaml"), "agent_type: [broken\n").unwrap();
     eventually("the broken reload is attempted", || {
-        app.app.engine.agents.status().attempts > attempts
+        app.app.engine.reload_status().attempts > attempts
     })
     .await;
     assert_eq!(

@@ -19,6 +19,7 @@ mod properties;
 mod providers;
 mod real_model;
 mod snapshots;
+mod statuses;
 mod upstream;
 mod v1_agents;
 mod v1_chat;

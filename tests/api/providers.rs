@@ -421,3 +421,30 @@ async fn chats_and_streams_are_bounded_by_the_agents_timeout() {
         "{last}"
     );
 }
+
+#[tokio::test]
+async fn every_log_line_of_a_failing_provider_call_carries_the_request_id() {
+    let failing = Reply::Status(500, json!({"error": {"message": "upstream broke"}}), None);
+    let (app, _upstream, key) = app_with(vec![failing; 3]).await;
+    let id = format!("log-check-{}", uuid::Uuid::now_v7());
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/v1/agents/risk-analyzer/run", app.base))
+                .bearer_auth(&key)
+                .header("x-request-id", &id)
+                .header("content-type", "application/json")
+                .body(json!({"input": risk_input()}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    assert_eq!(r.header("x-request-id"), Some(id.as_str()));
+    let lines = crate::helpers::log_lines_with(&format!("request_id={id}"));
+    for depth in ["ares::llm", "ares::engine"] {
+        assert!(
+            lines.iter().any(|l| l.contains(depth)),
+            "no line of {depth} carries the request id; the request's lines: {lines:#?}"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! `/v1/api-keys`: listing, creation, expiry and revocation.
 
+use ares::engine::ManualClock;
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
@@ -119,19 +120,29 @@ async fn keys_of_another_tenant_are_not_found_and_untouched() {
 
 #[tokio::test]
 async fn expired_keys_are_refused() {
-    let app = TestApp::spawn().await;
-    app.tenant("acme").await;
-    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
-    let expired = app
-        .app
-        .engine
-        .store
-        .create_key("acme", "old", Some(past))
-        .await
-        .unwrap();
-    let r = app.usage(&expired.secret).await;
-    assert_eq!(r.status, 401);
+    let clock = ManualClock::at(chrono::Utc::now());
+    let app = TestApp::spawn_with_clock(clock.clone()).await;
+    let acme = app.tenant("acme").await;
+    let r = app
+        .create_key(&acme, json!({"name": "day", "expires_in_days": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let day = r.body["secret"].as_str().unwrap().to_string();
+    clock.advance(chrono::Duration::hours(23));
+    assert_eq!(
+        app.usage(&day).await.status,
+        200,
+        "valid before its day ends"
+    );
+    clock.advance(chrono::Duration::hours(2));
+    let r = app.usage(&day).await;
+    assert_eq!(r.status, 401, "expired after a day: {}", r.text);
     assert_eq!(r.error_code(), "unauthorized");
+    assert_eq!(
+        app.usage(&acme).await.status,
+        200,
+        "a key without expiry lives on"
+    );
 }
 
 #[tokio::test]

@@ -4,9 +4,9 @@
 //! to its per-minute limit and then send at the limit's pace. Instances do not share buckets:
 //! behind a load balancer spreading a key over N instances the key gets up to N times its limit.
 
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
 
 /// Buckets beyond this many trigger a sweep of the idle ones (full again, so forgetting them
 /// changes nothing).
@@ -14,7 +14,7 @@ const SWEEP_ABOVE: usize = 10_000;
 
 struct Bucket {
     tokens: f64,
-    at: Instant,
+    at: DateTime<Utc>,
 }
 
 #[derive(Default)]
@@ -25,7 +25,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Takes one request from `key`'s bucket of `per_minute` (0: unlimited). `Err` carries the
     /// whole seconds until a request will be accepted again.
-    pub fn take(&self, key: &str, per_minute: u64, now: Instant) -> Result<(), u64> {
+    pub fn take(&self, key: &str, per_minute: u64, now: DateTime<Utc>) -> Result<(), u64> {
         if per_minute == 0 {
             return Ok(());
         }
@@ -33,15 +33,13 @@ impl RateLimiter {
         let per_sec = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > SWEEP_ABOVE {
-            buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < capacity
-            });
+            buckets.retain(|_, b| b.tokens + seconds_between(b.at, now) * per_sec < capacity);
         }
         let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
             tokens: capacity,
             at: now,
         });
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        let elapsed = seconds_between(bucket.at, now);
         bucket.tokens = (bucket.tokens + elapsed * per_sec).min(capacity);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
@@ -53,16 +51,21 @@ impl RateLimiter {
     }
 }
 
+/// Seconds from `a` to `b`; 0 when the clock went back.
+fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use chrono::Duration;
 
     use super::*;
 
     #[test]
     fn bursts_up_to_the_limit_then_refills_at_its_pace() {
         let limiter = RateLimiter::default();
-        let t0 = Instant::now();
+        let t0 = Utc::now();
         for _ in 0..60 {
             assert_eq!(limiter.take("k", 60, t0), Ok(()));
         }
@@ -71,15 +74,15 @@ mod tests {
         assert_eq!(limiter.take("other", 60, t0), Ok(()));
         // 60 per minute is one per second.
         assert_eq!(
-            limiter.take("k", 60, t0 + Duration::from_millis(500)),
+            limiter.take("k", 60, t0 + Duration::milliseconds(500)),
             Err(1)
         );
         assert_eq!(
-            limiter.take("k", 60, t0 + Duration::from_millis(1000)),
+            limiter.take("k", 60, t0 + Duration::milliseconds(1000)),
             Ok(())
         );
         assert_eq!(
-            limiter.take("k", 60, t0 + Duration::from_millis(1000)),
+            limiter.take("k", 60, t0 + Duration::milliseconds(1000)),
             Err(1)
         );
         // A slow limit waits longer.
@@ -92,7 +95,7 @@ mod tests {
     #[test]
     fn zero_is_no_limit() {
         let limiter = RateLimiter::default();
-        let t0 = Instant::now();
+        let t0 = Utc::now();
         for _ in 0..10_000 {
             assert_eq!(limiter.take("k", 0, t0), Ok(()));
         }

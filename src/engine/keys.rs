@@ -1,0 +1,75 @@
+//! API keys: authenticating a request's secret (with the key's rate limit and the call counted
+//! in usage), and listing, creating and revoking a tenant's keys.
+
+use super::Engine;
+use super::error::{EngineError, Result};
+use crate::store::{ApiKey, NewKey, Tenant};
+
+/// Who a request's API key authenticates.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: Tenant,
+    pub key_id: String,
+}
+
+impl Engine {
+    /// The tenant and key a secret authenticates, when the key is live and within its rate
+    /// limit; the request is counted in the tenant's usage.
+    pub async fn authenticate(&self, secret: &str) -> Result<Caller> {
+        let secret = secret.trim();
+        if !secret.starts_with(crate::store::keys_prefix()) {
+            return Err(EngineError::Unauthorized);
+        }
+        let now = self.clock.now();
+        let period_start = self.period_at(now).start.date_naive();
+        let (auth, tenant) = self
+            .store
+            .authenticate(secret, period_start, now)
+            .await?
+            .ok_or(EngineError::Unauthorized)?;
+        let per_minute = tenant
+            .rate_limit
+            .unwrap_or(self.settings.quotas.requests_per_minute);
+        if let Err(retry_after) = self.limiter.take(&auth.key_id, per_minute, now) {
+            return Err(EngineError::RateLimited {
+                per_minute,
+                retry_after,
+            });
+        }
+        self.meter.count(&tenant.slug, &auth.key_id, now);
+        Ok(Caller {
+            tenant,
+            key_id: auth.key_id,
+        })
+    }
+
+    /// The tenant's keys that are not revoked, oldest first.
+    #[tracing::instrument(skip(self, tenant), fields(tenant = %tenant.slug))]
+    pub async fn list_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>> {
+        Ok(self.store.keys(&tenant.slug).await?)
+    }
+
+    /// A new key of the tenant `slug`, expiring after `expires_in_days` when given; its secret
+    /// exists only in the answer.
+    #[tracing::instrument(skip(self))]
+    pub async fn create_key(
+        &self,
+        slug: &str,
+        name: &str,
+        expires_in_days: Option<u32>,
+    ) -> Result<NewKey> {
+        let expires =
+            expires_in_days.map(|d| self.clock.now() + chrono::Duration::days(i64::from(d)));
+        Ok(self.store.create_key(slug, name, expires).await?)
+    }
+
+    /// Revokes the tenant's key `id`: the next request made with it is refused.
+    #[tracing::instrument(skip(self, tenant), fields(tenant = %tenant.slug))]
+    pub async fn revoke_key(&self, tenant: &Tenant, id: &str) -> Result<()> {
+        if self.store.revoke_key(&tenant.slug, id).await? {
+            Ok(())
+        } else {
+            Err(EngineError::KeyNotFound(id.to_string()))
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! What the engine counts for `/metrics`: tool calls by tool and outcome, and the figures of
+//! its background work (records waiting for the database, interrupted runs, purged history).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Tool calls made so far, by tool and outcome (`ok` or `error`).
+#[derive(Default)]
+pub(crate) struct ToolCalls(Mutex<BTreeMap<(String, &'static str), u64>>);
+
+impl ToolCalls {
+    pub(crate) fn record(&self, tool: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((tool.to_string(), outcome))
+            .or_default() += 1;
+    }
+
+    fn snapshot(&self) -> Vec<((String, &'static str), u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+/// What the background work of an instance did.
+#[derive(Default)]
+pub(crate) struct Ops {
+    /// Records of finished runs and chats waiting for the database to return.
+    pub(crate) pending_records: AtomicU64,
+    /// Runs of stopped instances this one failed as interrupted.
+    pub(crate) interrupted_runs: AtomicU64,
+    /// Runs and chats deleted by retention.
+    pub(crate) purged: AtomicU64,
+}
+
+/// The engine's figures at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// `((tool, outcome), calls)`, by tool.
+    pub tool_calls: Vec<((String, &'static str), u64)>,
+    /// Whether the store takes the database to be reachable.
+    pub database_up: bool,
+    pub pending_records: u64,
+    pub interrupted_runs: u64,
+    pub purged: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Telemetry {
+    pub(crate) tool_calls: ToolCalls,
+    pub(crate) ops: Ops,
+}
+
+impl Telemetry {
+    pub(crate) fn figures(&self, database_up: bool) -> Figures {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Figures {
+            tool_calls: self.tool_calls.snapshot(),
+            database_up,
+            pending_records: load(&self.ops.pending_records),
+            interrupted_runs: load(&self.ops.interrupted_runs),
+            purged: load(&self.ops.purged),
+        }
+    }
+}
