@@ -4,8 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ares::llm::{Models, OpenAiProvider};
+use ares::llm::{
+    ChatRequest, Message, Models, OpenAiProvider, Provider, ProviderError, Role, StreamEvent,
+};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::helpers::{TestApp, sse_events};
 use crate::upstream::{Reply, Upstream, answer, delta, finish, stream, tool_call};
@@ -420,4 +423,145 @@ async fn chats_and_streams_are_bounded_by_the_agents_timeout() {
             .contains("nothing for 500 ms"),
         "{last}"
     );
+}
+
+/// A sink for the log lines of one test's thread.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    /// Logs this thread's events (debug and up) into the sink while the guard lives.
+    fn capture() -> (Lines, tracing::subscriber::DefaultGuard) {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || sink.clone())
+            .finish();
+        (lines, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn matching(&self, fragment: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(fragment))
+            .map(String::from)
+            .collect()
+    }
+}
+
+fn hello(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![Message::new(Role::User, "hi")],
+        temperature: None,
+        max_tokens: None,
+        tools: vec![],
+        response_schema: None,
+    }
+}
+
+#[tokio::test]
+async fn provider_calls_log_each_attempt_inside_the_callers_span() {
+    let upstream = Upstream::start(vec![
+        Reply::Status(503, json!({"error": {"message": "overloaded"}}), Some(0)),
+        Reply::Status(503, json!({"error": {"message": "still overloaded"}}), None),
+        Reply::Status(503, json!({"error": {"message": "gave up"}}), None),
+        Reply::Stream(vec![
+            (Duration::ZERO, delta("a")),
+            (
+                Duration::ZERO,
+                "data: {\"error\": {\"message\": \"worker died\"}}\n\n".into(),
+            ),
+        ]),
+    ])
+    .await;
+    let provider = OpenAiProvider::new("local", &upstream.base, None)
+        .with_first_pause(Duration::from_millis(5));
+    let request_span = || tracing::info_span!("request", request_id = "r-1");
+    let (lines, _guard) = Lines::capture();
+    let scope = "request{request_id=\"r-1\"}:provider_call{provider=local model=m1}:";
+
+    let error = provider
+        .chat(hello("m1"))
+        .instrument(request_span())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        ProviderError::Transient("the model provider answered 503: gave up".into())
+    );
+    let retries = lines.matching("retrying");
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    for (i, line) in retries.iter().enumerate() {
+        assert!(line.contains(" INFO ") && line.contains(scope), "{line}");
+        assert!(line.contains(&format!("attempt={}", i + 1)), "{line}");
+        assert!(
+            line.contains("status=503") && line.contains("duration_ms="),
+            "{line}"
+        );
+    }
+    let failed = lines.matching("the provider call failed attempt");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let line = &failed[0];
+    assert!(line.contains(" WARN ") && line.contains(scope), "{line}");
+    assert!(
+        line.contains("attempt=3") && line.contains("status=503"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&upstream.base) && line.contains("detail=gave up"),
+        "{line}"
+    );
+
+    // A stream's failure is logged in the span of the call that started it, wherever the
+    // stream is read.
+    let stream = provider
+        .chat_stream(hello("m1"))
+        .instrument(request_span())
+        .await
+        .unwrap();
+    let events: Vec<_> = futures_util::StreamExt::collect(stream).await;
+    assert_eq!(events[0], Ok(StreamEvent::Delta("a".into())));
+    assert_eq!(
+        events[1],
+        Err(ProviderError::Transient(
+            "the provider failed mid-stream: worker died".into()
+        ))
+    );
+    let failed = lines.matching("worker died");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].contains(" WARN ") && failed[0].contains(scope),
+        "{}",
+        failed[0]
+    );
+
+    // A connection failure is logged as such.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let unreachable =
+        OpenAiProvider::new("local", &base, None).with_first_pause(Duration::from_millis(5));
+    let error = unreachable
+        .chat(hello("m1"))
+        .instrument(request_span())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ProviderError::Transient(m) if m.starts_with("cannot reach the model provider")),
+        "{error:?}"
+    );
+    assert_eq!(lines.matching("status=connect_error").len(), 3);
 }
