@@ -8,7 +8,7 @@ mod stream;
 pub(crate) mod wire;
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::future::BoxFuture;
@@ -174,18 +174,22 @@ pub(crate) fn parse(body: &[u8]) -> Result<ChatResponse, Fault> {
     })
 }
 
-/// How long the provider asked us to wait (`Retry-After` in seconds), capped.
+/// How long the provider asked us to wait: `Retry-After` as a finite number of seconds, not
+/// negative, or as an HTTP date; at most [`MAX_PAUSE`]. Anything else is ignored.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: f64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs_f64(
-        secs.clamp(0.0, MAX_PAUSE.as_secs_f64()),
-    ))
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match value.parse::<f64>() {
+        // `min` first: a huge number of seconds is no duration. Negative ones are refused.
+        Ok(secs) if secs.is_finite() => {
+            Duration::try_from_secs_f64(secs.min(MAX_PAUSE.as_secs_f64())).ok()?
+        }
+        Ok(_) => return None,
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(wait.min(MAX_PAUSE))
 }
 
 /// The pauses between attempts: `first`, doubled each time up to [`MAX_PAUSE`], each plus a
@@ -527,6 +531,31 @@ mod tests {
         assert_eq!(reason(b"{\"choices\": []}"), Reason::Invalid);
         assert_eq!(reason(b"{\"choices\": 3}"), Reason::Invalid);
         assert_eq!(reason(b"[1]"), Reason::Invalid);
+    }
+
+    fn retry_after_of(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, value.parse().unwrap());
+        retry_after(&headers)
+    }
+
+    #[test]
+    fn retry_after_takes_only_finite_non_negative_seconds_or_a_date_capped() {
+        assert_eq!(retry_after_of("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after_of(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(retry_after_of("0"), Some(Duration::ZERO));
+        for huge in ["5", "1e300", "99999999999999999999999"] {
+            assert_eq!(retry_after_of(huge), Some(MAX_PAUSE), "{huge}");
+        }
+        for bad in [
+            "NaN", "nan", "-1", "-1e300", "inf", "-inf", "1e400", "soon", "",
+        ] {
+            assert_eq!(retry_after_of(bad), None, "{bad:?}");
+        }
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(retry_after_of(&later), Some(MAX_PAUSE));
+        let earlier = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(3600));
+        assert_eq!(retry_after_of(&earlier), Some(Duration::ZERO));
     }
 
     #[test]

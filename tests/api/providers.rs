@@ -152,7 +152,7 @@ async fn output_still_invalid_after_the_repair_fails_the_run_naming_the_path() {
 async fn rate_limits_and_server_errors_are_retried_then_fail_clearly() {
     let limited = json!({"error": {"message": "Rate limit reached", "type": "rate_limit"}});
     let (app, upstream, key) = app_with(vec![
-        Reply::Status(429, limited.clone(), Some(0)),
+        Reply::Status(429, limited.clone(), Some("0")),
         Reply::Status(503, json!({"error": {"message": "overloaded"}}), None),
         answer(VALID, 10, 5),
     ])
@@ -187,6 +187,22 @@ async fn rate_limits_and_server_errors_are_retried_then_fail_clearly() {
     assert_eq!(r.body["status"], "failed");
     assert!(r.body["error"].as_str().unwrap().contains("bad model"));
     assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_that_is_no_number_of_seconds_is_ignored() {
+    let limited = json!({"error": {"message": "Rate limit reached"}});
+    let (app, upstream, key) = app_with(vec![
+        Reply::Status(429, limited.clone(), Some("NaN")),
+        Reply::Status(429, limited, Some("-1")),
+        answer(VALID, 10, 5),
+    ])
+    .await;
+    let start = Instant::now();
+    let r = app.run_agent(&key, "risk-analyzer", risk_input()).await;
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    assert_eq!(upstream.requests().len(), 3);
+    assert!(start.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
@@ -475,7 +491,7 @@ fn hello(model: &str) -> ChatRequest {
 #[tokio::test]
 async fn provider_calls_log_each_attempt_inside_the_callers_span() {
     let upstream = Upstream::start(vec![
-        Reply::Status(503, json!({"error": {"message": "overloaded"}}), Some(0)),
+        Reply::Status(503, json!({"error": {"message": "overloaded"}}), Some("0")),
         Reply::Status(503, json!({"error": {"message": "still overloaded"}}), None),
         Reply::Status(503, json!({"error": {"message": "gave up"}}), None),
         Reply::Stream(vec![
