@@ -28,6 +28,8 @@ pub const ATTEMPTS: u32 = 3;
 /// First pause between attempts; doubled each time, never more than [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(4);
+/// The most tool calls one answer may ask for.
+pub(crate) const MAX_TOOL_CALLS: usize = 128;
 
 pub struct OpenAiProvider {
     name: String,
@@ -49,6 +51,7 @@ pub(crate) enum Reason {
     NotJson,
     /// JSON, but not a chat completion.
     Invalid,
+    TooManyCalls,
     /// The provider reported an error mid-stream, or the stream's connection broke.
     MidStream,
     /// A stream event that is not a chat-completion chunk.
@@ -66,7 +69,7 @@ impl Reason {
             | Reason::MidStream
             | Reason::BadEvent
             | Reason::EndedEarly => true,
-            Reason::NotJson | Reason::Invalid => false,
+            Reason::NotJson | Reason::Invalid | Reason::TooManyCalls => false,
         }
     }
 
@@ -77,6 +80,9 @@ impl Reason {
             Reason::BrokeOff => format!("reading the provider's answer: {detail}"),
             Reason::NotJson => format!("the provider's answer is not JSON: {detail}"),
             Reason::Invalid => format!("the provider's answer is not a chat completion: {detail}"),
+            Reason::TooManyCalls => {
+                format!("the provider asked for more than {MAX_TOOL_CALLS} tool calls")
+            }
             Reason::MidStream => format!("the provider failed mid-stream: {detail}"),
             Reason::BadEvent => format!("the provider sent a bad stream event ({detail})"),
             Reason::EndedEarly => "the provider's stream ended early".to_string(),
@@ -153,9 +159,14 @@ pub(crate) fn parse(body: &[u8]) -> Result<ChatResponse, Fault> {
     let Some(choice) = answer.choices.into_iter().next() else {
         return Err(Fault::new(Reason::Invalid, "the answer has no choices"));
     };
-    let tool_calls: Vec<ToolCall> = choice
-        .message
-        .tool_calls
+    let calls = choice.message.tool_calls;
+    if calls.len() > MAX_TOOL_CALLS {
+        return Err(Fault::new(
+            Reason::TooManyCalls,
+            format_args!("{} tool calls", calls.len()),
+        ));
+    }
+    let tool_calls: Vec<ToolCall> = calls
         .into_iter()
         .enumerate()
         .map(|(i, c)| ToolCall {
@@ -531,6 +542,21 @@ mod tests {
         assert_eq!(reason(b"{\"choices\": []}"), Reason::Invalid);
         assert_eq!(reason(b"{\"choices\": 3}"), Reason::Invalid);
         assert_eq!(reason(b"[1]"), Reason::Invalid);
+    }
+
+    #[test]
+    fn more_than_the_most_tool_calls_are_refused() {
+        let call = json!({"id": "c", "function": {"name": "f", "arguments": "{}"}});
+        let calls =
+            |n: usize| json!({"choices": [{"message": {"tool_calls": vec![call.clone(); n]}}]});
+        assert_eq!(
+            parse_value(calls(MAX_TOOL_CALLS)).unwrap().tool_calls.len(),
+            MAX_TOOL_CALLS
+        );
+        assert_eq!(
+            parse_value(calls(MAX_TOOL_CALLS + 1)).unwrap_err().reason,
+            Reason::TooManyCalls
+        );
     }
 
     fn retry_after_of(value: &str) -> Option<Duration> {

@@ -1,11 +1,13 @@
 //! A streamed answer: the provider's server-sent events (parsed by eventsource-stream) turned
 //! into [`StreamEvent`]s, ending with `Done` or an error.
 
+use std::collections::BTreeMap;
+
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::stream::{Stream, StreamExt};
 
 use super::wire::{self, Chunk, ToolCallDelta};
-use super::{Fault, Reason};
+use super::{Fault, MAX_TOOL_CALLS, Reason};
 use crate::llm::{StreamEvent, TokenUsage, ToolCall};
 
 /// The longest line of a stream. eventsource-stream parses an unfinished line again from its
@@ -40,30 +42,52 @@ where
 /// A streamed answer's tool calls, which arrive in pieces by index.
 #[derive(Default)]
 struct CallParts {
-    calls: Vec<ToolCall>,
+    calls: BTreeMap<u64, Part>,
+    /// The index of the last piece, for pieces that give none.
+    last: Option<u64>,
+}
+
+#[derive(Default)]
+struct Part {
+    id: Option<String>,
+    name: String,
+    arguments: String,
 }
 
 impl CallParts {
-    fn add(&mut self, deltas: Vec<ToolCallDelta>) {
+    fn add(&mut self, deltas: Vec<ToolCallDelta>) -> Result<(), Fault> {
         for d in deltas {
-            let index = d.index.unwrap_or(self.calls.len().saturating_sub(1) as u64) as usize;
-            while self.calls.len() <= index {
-                let n = self.calls.len();
-                self.calls.push(ToolCall {
-                    id: format!("call_{n}"),
-                    name: String::new(),
-                    arguments: String::new(),
-                });
+            let index = d.index.or(self.last).unwrap_or(0);
+            if self.calls.len() >= MAX_TOOL_CALLS && !self.calls.contains_key(&index) {
+                return Err(Fault::new(
+                    Reason::TooManyCalls,
+                    format_args!("a tool call with index {index} after {MAX_TOOL_CALLS} others"),
+                ));
             }
-            let call = &mut self.calls[index];
-            if let Some(id) = d.id {
-                call.id = id;
+            self.last = Some(index);
+            let part = self.calls.entry(index).or_default();
+            if d.id.is_some() {
+                part.id = d.id;
             }
             if let Some(name) = d.function.name {
-                call.name.push_str(&name);
+                part.name.push_str(&name);
             }
-            call.arguments.push_str(&d.function.arguments.0);
+            part.arguments.push_str(&d.function.arguments.0);
         }
+        Ok(())
+    }
+
+    /// The calls in the order of their indexes.
+    fn finish(self) -> Vec<ToolCall> {
+        self.calls
+            .into_values()
+            .enumerate()
+            .map(|(i, p)| ToolCall {
+                id: p.id.unwrap_or_else(|| format!("call_{i}")),
+                name: p.name,
+                arguments: p.arguments,
+            })
+            .collect()
     }
 }
 
@@ -86,7 +110,7 @@ where
     }
 
     fn done(&mut self) -> Result<StreamEvent, Fault> {
-        let tool_calls = std::mem::take(&mut self.calls.calls);
+        let tool_calls = std::mem::take(&mut self.calls).finish();
         Ok(StreamEvent::Done {
             finish_reason: self
                 .finish
@@ -143,7 +167,9 @@ where
             let Some(choice) = chunk.choices.into_iter().next() else {
                 continue;
             };
-            self.calls.add(choice.delta.tool_calls);
+            if let Err(fault) = self.calls.add(choice.delta.tool_calls) {
+                return self.end(Err(fault));
+            }
             if choice.finish_reason.is_some() {
                 self.finish = choice.finish_reason;
             }
@@ -283,6 +309,36 @@ mod tests {
         let out: Vec<_> = events(broken).collect().await;
         assert_eq!(reason(&out[1]), Some(Reason::MidStream));
         assert_eq!(out.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn tool_calls_are_capped_and_sparse_indexes_cost_nothing() {
+        let call = |index: u64| {
+            format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"tool_calls\":[{{\"index\":{index},\"function\":{{\"name\":\"f\",\"arguments\":\"{{}}\"}}}}]}}}}]}}\n\n"
+            )
+        };
+        let done = "data: [DONE]\n\n";
+        let text = format!("{}{}{done}", call(0), call(4_000_000_000));
+        let out = run(&[text.as_bytes()]).await;
+        let Ok(StreamEvent::Done { tool_calls, .. }) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(tool_calls.len(), 2);
+        assert_eq!(tool_calls[1].id, "call_1");
+
+        let most: String = (0..MAX_TOOL_CALLS as u64).map(call).collect();
+        let out = run(&[format!("{most}{done}").as_bytes()]).await;
+        assert!(
+            matches!(&out[0], Ok(StreamEvent::Done { tool_calls, .. }) if tool_calls.len() == MAX_TOOL_CALLS)
+        );
+
+        let too_many: String = (0..=MAX_TOOL_CALLS as u64)
+            .map(|i| call(i * 1000))
+            .collect();
+        let out = run(&[format!("{too_many}{done}").as_bytes()]).await;
+        assert_eq!(reason(&out[0]), Some(Reason::TooManyCalls));
+        assert_eq!(out.len(), 1);
     }
 
     #[tokio::test]
