@@ -49,7 +49,7 @@ pub(crate) enum Reason {
     /// The connection broke while the answer was read.
     BrokeOff,
     NotJson,
-    /// JSON, but not a chat completion.
+    /// JSON, but not a chat completion (token counts out of bounds included).
     Invalid,
     TooManyCalls,
     /// The provider reported an error mid-stream, or the stream's connection broke.
@@ -542,6 +542,31 @@ mod tests {
         assert_eq!(reason(b"{\"choices\": []}"), Reason::Invalid);
         assert_eq!(reason(b"{\"choices\": 3}"), Reason::Invalid);
         assert_eq!(reason(b"[1]"), Reason::Invalid);
+    }
+
+    #[test]
+    fn token_counts_out_of_bounds_make_an_answer_invalid() {
+        let tokens = |n: &str| {
+            let text = format!(
+                "{{\"choices\": [{{\"message\": {{\"content\": \"x\"}}}}], \"usage\": {{\"prompt_tokens\": {n}, \"completion_tokens\": 1}}}}"
+            );
+            parse(text.as_bytes())
+                .map(|r| r.usage.prompt)
+                .map_err(|f| f.reason)
+        };
+        assert_eq!(tokens("1000000000"), Ok(1_000_000_000));
+        assert_eq!(tokens("12.0"), Ok(12));
+        for n in [
+            "1000000001",
+            "9223372036854775808",
+            "18446744073709551615",
+            "1e300",
+            "-1",
+            "2.5",
+            "\"3\"",
+        ] {
+            assert_eq!(tokens(n), Err(Reason::Invalid), "{n}");
+        }
     }
 
     #[test]

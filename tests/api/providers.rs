@@ -206,6 +206,27 @@ async fn a_retry_after_that_is_no_number_of_seconds_is_ignored() {
 }
 
 #[tokio::test]
+async fn token_counts_beyond_bounds_fail_the_call_and_leave_usage_whole() {
+    let (app, _upstream, key) = app_with(vec![Reply::Json(json!({
+        "choices": [{"message": {"content": VALID}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9_223_372_036_854_775_808u64, "completion_tokens": 1}
+    }))])
+    .await;
+    let r = app.run_agent(&key, "risk-analyzer", risk_input()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "failed");
+    let error = r.body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("provider error: the provider's answer is not a chat completion"),
+        "{error}"
+    );
+    assert_eq!(r.body["tokens_used"], 0);
+    let usage = app.usage(&key).await;
+    assert_eq!(usage.status, 200, "{}", usage.text);
+    assert_eq!(usage.body["total_tokens"], 0);
+}
+
+#[tokio::test]
 async fn a_run_that_outlives_its_timeout_fails() {
     let (app, _upstream, key) = app_with(vec![Reply::Hang]).await;
     let start = Instant::now();

@@ -353,4 +353,12 @@ mod tests {
         assert_eq!(reason(&out[0]), Some(Reason::BadEvent));
         assert_eq!(out.len(), 1);
     }
+
+    #[tokio::test]
+    async fn invalid_usage_in_a_stream_is_a_bad_event() {
+        let out = run(&[b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":-3}}\n\n"]).await;
+        assert_eq!(reason(&out[0]), Some(Reason::BadEvent));
+        let out = run(&[b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1e10}}\n\n"]).await;
+        assert_eq!(reason(&out[0]), Some(Reason::BadEvent));
+    }
 }

@@ -3,12 +3,16 @@
 //!
 //! Reading is tolerant where servers differ: a field that is missing or `null` takes its
 //! default, unknown fields are ignored, and a tool call's `arguments` may be the JSON itself
-//! instead of its text.
+//! instead of its text. Token counts are checked ([`Tokens`]): they end up in the store.
 
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::llm::{ChatRequest, Message, Role, TokenUsage, ToolCall};
+
+/// The most tokens one call may report for its prompt, or for its completion.
+pub const MAX_TOKENS: u64 = 1_000_000_000;
 
 // The request.
 
@@ -218,19 +222,46 @@ impl<'de> Deserialize<'de> for Arguments {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 pub struct Usage {
     #[serde(default)]
-    prompt_tokens: Option<u64>,
+    prompt_tokens: Tokens,
     #[serde(default)]
-    completion_tokens: Option<u64>,
+    completion_tokens: Tokens,
 }
 
 impl From<Usage> for TokenUsage {
     fn from(u: Usage) -> TokenUsage {
         TokenUsage {
-            prompt: u.prompt_tokens.unwrap_or(0),
-            completion: u.completion_tokens.unwrap_or(0),
+            prompt: u.prompt_tokens.0,
+            completion: u.completion_tokens.0,
+        }
+    }
+}
+
+/// A token count: a whole number from 0 to [`MAX_TOKENS`] (`null` is 0). Anything else —
+/// negative, fractional, beyond `i64`, not a number — makes the answer invalid.
+#[derive(Default, Debug, PartialEq)]
+pub struct Tokens(pub u64);
+
+impl<'de> Deserialize<'de> for Tokens {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(Tokens(0));
+        };
+        let count = match n.as_u64() {
+            Some(u) => Some(u),
+            // `12.0` is a whole number too.
+            None => n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_TOKENS as f64)
+                .map(|f| f as u64),
+        };
+        match count {
+            Some(c) if c <= MAX_TOKENS => Ok(Tokens(c)),
+            _ => Err(D::Error::custom(format_args!(
+                "a token count must be a whole number from 0 to {MAX_TOKENS}, got {n}"
+            ))),
         }
     }
 }
@@ -315,6 +346,50 @@ pub fn default_finish(calls: &[ToolCall]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn usage(v: Value) -> Result<TokenUsage, serde_json::Error> {
+        serde_json::from_value::<Usage>(v).map(TokenUsage::from)
+    }
+
+    #[test]
+    fn token_counts_are_whole_numbers_within_bounds() {
+        assert_eq!(
+            usage(json!({"prompt_tokens": 5, "completion_tokens": 3.0, "total_tokens": 8}))
+                .unwrap(),
+            TokenUsage {
+                prompt: 5,
+                completion: 3
+            }
+        );
+        assert_eq!(
+            usage(json!({"prompt_tokens": null})).unwrap(),
+            TokenUsage::default()
+        );
+        assert_eq!(
+            usage(json!({"prompt_tokens": MAX_TOKENS})).unwrap().prompt,
+            MAX_TOKENS
+        );
+        for bad in [
+            json!(MAX_TOKENS + 1),
+            json!(9_223_372_036_854_775_808u64),
+            json!(u64::MAX),
+            json!(1e300),
+            json!(-1),
+            json!(-0.5),
+            json!(2.5),
+            json!("12"),
+            json!([1]),
+        ] {
+            assert!(
+                usage(json!({"prompt_tokens": bad.clone()})).is_err(),
+                "{bad} was accepted"
+            );
+            assert!(
+                usage(json!({"completion_tokens": bad.clone()})).is_err(),
+                "{bad} was accepted"
+            );
+        }
+    }
 
     #[test]
     fn arguments_may_be_text_json_or_null() {
