@@ -1,8 +1,11 @@
 //! An OpenAI-compatible chat-completions client: OpenAI, Groq, Together, vLLM, Ollama,
 //! llama.cpp's server. Native tool calls, JSON-schema responses, streaming with usage.
 //!
-//! A provider's answer is read into typed messages ([`wire`]), tolerant where servers differ.
-//! Rate limits, server errors and connection failures are retried a bounded number of times.
+//! A provider's answer is untrusted input: it is read into typed messages ([`wire`]) with
+//! bounds on its token counts and tool calls. Rate limits, server errors and connection
+//! failures are retried a bounded number of times. A failure is told to clients as the
+//! provider's name, the status and a fixed reason; what the provider said, and its address,
+//! go only to the log.
 
 mod stream;
 pub(crate) mod wire;
@@ -40,7 +43,7 @@ pub struct OpenAiProvider {
     first_pause: Duration,
 }
 
-/// Why a call failed.
+/// Why a call failed, as a client is told it: no word of the provider's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reason {
     /// An HTTP status other than success.
@@ -73,24 +76,38 @@ impl Reason {
         }
     }
 
-    fn describe(self, detail: &str) -> String {
+    fn describe(self, provider: &str) -> String {
+        let p = provider;
         match self {
-            Reason::Status(s) => format!("the model provider answered {s}: {detail}"),
-            Reason::Unreachable => format!("cannot reach the model provider: {detail}"),
-            Reason::BrokeOff => format!("reading the provider's answer: {detail}"),
-            Reason::NotJson => format!("the provider's answer is not JSON: {detail}"),
-            Reason::Invalid => format!("the provider's answer is not a chat completion: {detail}"),
-            Reason::TooManyCalls => {
-                format!("the provider asked for more than {MAX_TOOL_CALLS} tool calls")
+            Reason::Status(s) => format!("provider '{p}' answered {s} ({})", status_reason(s)),
+            Reason::Unreachable => format!("provider '{p}' could not be reached"),
+            Reason::BrokeOff => format!("provider '{p}' broke off its answer"),
+            Reason::NotJson => format!("provider '{p}' sent an answer that is not valid JSON"),
+            Reason::Invalid => {
+                format!("provider '{p}' sent an answer that is not a valid chat completion")
             }
-            Reason::MidStream => format!("the provider failed mid-stream: {detail}"),
-            Reason::BadEvent => format!("the provider sent a bad stream event ({detail})"),
-            Reason::EndedEarly => "the provider's stream ended early".to_string(),
+            Reason::TooManyCalls => {
+                format!("provider '{p}' asked for more than {MAX_TOOL_CALLS} tool calls")
+            }
+            Reason::MidStream => format!("provider '{p}' failed mid-stream"),
+            Reason::BadEvent => format!("provider '{p}' sent a bad stream event"),
+            Reason::EndedEarly => format!("provider '{p}' ended the stream early"),
         }
     }
 }
 
-/// A failed call: why, and the detail.
+fn status_reason(status: u16) -> &'static str {
+    match status {
+        429 => "rate limited",
+        401 | 403 => "not authorized",
+        404 => "not found",
+        400..=499 => "request refused",
+        500..=599 => "server error",
+        _ => "unexpected status",
+    }
+}
+
+/// A failed call: the reason a client is told, and the detail only the log gets.
 #[derive(Debug)]
 pub(crate) struct Fault {
     pub reason: Reason,
@@ -106,8 +123,8 @@ impl Fault {
     }
 
     /// The error a client sees.
-    pub fn into_error(self) -> ProviderError {
-        let message = self.reason.describe(&self.detail);
+    pub fn into_error(self, provider: &str) -> ProviderError {
+        let message = self.reason.describe(provider);
         if self.reason.transient() {
             ProviderError::Transient(message)
         } else {
@@ -115,10 +132,10 @@ impl Fault {
         }
     }
 
-    /// The error a client sees, logged in the current span.
-    fn report(self, url: &str) -> ProviderError {
+    /// The error a client sees; the detail goes to the log, in the current span.
+    fn report(self, provider: &str, url: &str) -> ProviderError {
         tracing::warn!(url, reason = ?self.reason, detail = %self.detail, "the provider's answer failed");
-        self.into_error()
+        self.into_error(provider)
     }
 }
 
@@ -303,7 +320,7 @@ impl OpenAiProvider {
             },
             Err(e) => Fault::new(Reason::BrokeOff, error_chain(&e)),
         };
-        Err(fault.report(&self.url))
+        Err(fault.report(&self.name, &self.url))
     }
 
     /// One attempt: the response if it succeeded.
@@ -389,7 +406,7 @@ impl OpenAiProvider {
                 detail = %f.fault.detail,
                 "the provider call failed"
             );
-            f.fault.into_error()
+            f.fault.into_error(&self.name)
         })
     }
 }
@@ -414,10 +431,10 @@ impl Provider for OpenAiProvider {
                 .send(&wire::body(&req, true))
                 .instrument(span.clone())
                 .await?;
-            let url = self.url.clone();
+            let (name, url) = (self.name.clone(), self.url.clone());
             // The stream is read later, maybe elsewhere: its failures are logged in the call's span.
             let events = events(resp.bytes_stream())
-                .map(move |item| item.map_err(|fault| span.in_scope(|| fault.report(&url))));
+                .map(move |item| item.map_err(|fault| span.in_scope(|| fault.report(&name, &url))));
             Ok(events.boxed())
         })
     }
@@ -581,6 +598,37 @@ mod tests {
         assert_eq!(
             parse_value(calls(MAX_TOOL_CALLS + 1)).unwrap_err().reason,
             Reason::TooManyCalls
+        );
+    }
+
+    #[test]
+    fn the_client_is_told_the_provider_the_status_and_a_fixed_reason() {
+        let f = |reason| {
+            Fault::new(reason, "http://10.0.0.5:8000 said: key sk-***abc").into_error("groq")
+        };
+        assert_eq!(
+            f(Reason::Status(503)),
+            ProviderError::Transient("provider 'groq' answered 503 (server error)".into())
+        );
+        assert_eq!(
+            f(Reason::Status(429)),
+            ProviderError::Transient("provider 'groq' answered 429 (rate limited)".into())
+        );
+        assert_eq!(
+            f(Reason::Status(401)),
+            ProviderError::Fatal("provider 'groq' answered 401 (not authorized)".into())
+        );
+        assert_eq!(
+            f(Reason::Unreachable),
+            ProviderError::Transient("provider 'groq' could not be reached".into())
+        );
+        assert_eq!(
+            f(Reason::NotJson),
+            ProviderError::Fatal("provider 'groq' sent an answer that is not valid JSON".into())
+        );
+        assert_eq!(
+            f(Reason::MidStream),
+            ProviderError::Transient("provider 'groq' failed mid-stream".into())
         );
     }
 

@@ -172,8 +172,9 @@ async fn rate_limits_and_server_errors_are_retried_then_fail_clearly() {
     assert_eq!(r.body["status"], "failed");
     assert_eq!(
         r.body["error"],
-        "provider unavailable: the model provider answered 500: still boom"
+        "provider unavailable: provider 'scripted' answered 500 (server error)"
     );
+    assert_hides(&upstream, &r.body["error"], "still boom");
     assert_eq!(upstream.requests().len(), 3, "bounded retries");
 
     // A client error is not retried.
@@ -185,7 +186,11 @@ async fn rate_limits_and_server_errors_are_retried_then_fail_clearly() {
     .await;
     let r = app.run_agent(&key, "risk-analyzer", risk_input()).await;
     assert_eq!(r.body["status"], "failed");
-    assert!(r.body["error"].as_str().unwrap().contains("bad model"));
+    assert_eq!(
+        r.body["error"],
+        "provider error: provider 'scripted' answered 400 (request refused)"
+    );
+    assert_hides(&upstream, &r.body["error"], "bad model");
     assert_eq!(upstream.requests().len(), 1);
 }
 
@@ -215,10 +220,9 @@ async fn token_counts_beyond_bounds_fail_the_call_and_leave_usage_whole() {
     let r = app.run_agent(&key, "risk-analyzer", risk_input()).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["status"], "failed");
-    let error = r.body["error"].as_str().unwrap();
-    assert!(
-        error.starts_with("provider error: the provider's answer is not a chat completion"),
-        "{error}"
+    assert_eq!(
+        r.body["error"],
+        "provider error: provider 'scripted' sent an answer that is not a valid chat completion"
     );
     assert_eq!(r.body["tokens_used"], 0);
     let usage = app.usage(&key).await;
@@ -257,14 +261,15 @@ async fn chat_through_a_provider_and_its_failures() {
         json!([{"role": "user", "content": "Summarize Q1 revenue trends."}])
     );
 
-    let (app, _upstream, key) = app_with(vec![Reply::Status(
+    let (app, upstream, key) = app_with(vec![Reply::Status(
         401,
         json!({"error": {"message": "invalid api key"}}),
         None,
     )])
     .await;
     let r = app.chat(&key, body).await;
-    assert_upstream_error(&r, "invalid api key");
+    assert_upstream_error(&r, "provider 'scripted' answered 401 (not authorized)");
+    assert_hides(&upstream, &r.body, "invalid api key");
 }
 
 #[tokio::test]
@@ -362,7 +367,12 @@ async fn a_stream_broken_midway_ends_with_an_error_event() {
         .await;
     let last = sse_events(&r.text).last().unwrap().clone();
     assert_eq!(last["finish_reason"], "error");
-    assert!(last["error"].as_str().unwrap().contains("ended early"));
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("provider 'scripted' ended the stream early")
+    );
 }
 
 #[tokio::test]
@@ -462,6 +472,67 @@ async fn chats_and_streams_are_bounded_by_the_agents_timeout() {
     );
 }
 
+#[tokio::test]
+async fn what_the_provider_said_and_where_it_lives_stay_out_of_answers() {
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "model": "llama-3.3-70b"});
+    // Not JSON: a proxy's page.
+    let (app, upstream, key) =
+        app_with(vec![Reply::Raw("<html>502 from gateway 10.1.2.3</html>")]).await;
+    let r = app.chat(&key, body.clone()).await;
+    assert_upstream_error(
+        &r,
+        "provider 'scripted' sent an answer that is not valid JSON",
+    );
+    assert_hides(&upstream, &r.body, "10.1.2.3");
+
+    // A provider that cannot be reached.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut models = Models::offline(&["llama-3.1-8b"]);
+    let provider = OpenAiProvider::new("scripted", &format!("http://{addr}/v1"), None)
+        .with_first_pause(Duration::from_millis(5));
+    models.insert("llama-3.3-70b", Arc::new(provider));
+    let app = TestApp::spawn_with_models(models).await;
+    let key = app.tenant("acme").await;
+    let r = app.chat(&key, body.clone()).await;
+    assert_upstream_error(&r, "provider 'scripted' could not be reached");
+    assert!(!r.text.contains(&addr), "{}", r.text);
+
+    // An error reported mid-stream.
+    let (app, upstream, key) = app_with(vec![Reply::Stream(vec![
+        (Duration::ZERO, delta("Partial")),
+        (
+            Duration::ZERO,
+            "data: {\"error\": {\"message\": \"worker 10.1.2.3 died; key sk-***abc\"}}\n\n".into(),
+        ),
+    ])])
+    .await;
+    let r = app.chat_stream(&key, body).await;
+    let last = sse_events(&r.text).last().unwrap().clone();
+    assert_eq!(last["finish_reason"], "error");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("provider 'scripted' failed mid-stream"),
+        "{last}"
+    );
+    assert_hides(&upstream, &last, "10.1.2.3");
+    assert!(!last.to_string().contains("sk-"), "{last}");
+}
+
+/// Checks that neither the upstream's address nor `said` appear in what a client got.
+fn assert_hides(upstream: &Upstream, answer: &Value, said: &str) {
+    let addr = upstream
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1");
+    let text = answer.to_string();
+    assert!(!text.contains(addr), "the address {addr} in {text}");
+    assert!(!text.contains(said), "{said:?} in {text}");
+}
+
 /// A sink for the log lines of one test's thread.
 #[derive(Clone, Default)]
 struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
@@ -537,7 +608,7 @@ async fn provider_calls_log_each_attempt_inside_the_callers_span() {
         .unwrap_err();
     assert_eq!(
         error,
-        ProviderError::Transient("the model provider answered 503: gave up".into())
+        ProviderError::Transient("provider 'local' answered 503 (server error)".into())
     );
     let retries = lines.matching("retrying");
     assert_eq!(retries.len(), 2, "{retries:?}");
@@ -574,7 +645,7 @@ async fn provider_calls_log_each_attempt_inside_the_callers_span() {
     assert_eq!(
         events[1],
         Err(ProviderError::Transient(
-            "the provider failed mid-stream: worker died".into()
+            "provider 'local' failed mid-stream".into()
         ))
     );
     let failed = lines.matching("worker died");
@@ -596,9 +667,9 @@ async fn provider_calls_log_each_attempt_inside_the_callers_span() {
         .instrument(request_span())
         .await
         .unwrap_err();
-    assert!(
-        matches!(&error, ProviderError::Transient(m) if m.starts_with("cannot reach the model provider")),
-        "{error:?}"
+    assert_eq!(
+        error,
+        ProviderError::Transient("provider 'local' could not be reached".into())
     );
     assert_eq!(lines.matching("status=connect_error").len(), 3);
 }

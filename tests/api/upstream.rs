@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 pub enum Reply {
     /// 200 with this JSON body.
     Json(Value),
+    /// 200 with this body, whatever it is.
+    Raw(&'static str),
     /// An error status with a JSON body, and a `Retry-After` as sent.
     Status(u16, Value, Option<&'static str>),
     /// 200 `text/event-stream`: each chunk after its pause. The stream ends after the last one.
@@ -71,6 +73,9 @@ async fn completions(script: Data<&Arc<Script>>, body: String) -> Response {
         Some(Reply::Json(v)) => Response::builder()
             .content_type("application/json")
             .body(v.to_string()),
+        Some(Reply::Raw(text)) => Response::builder()
+            .content_type("application/json")
+            .body(text),
         Some(Reply::Status(status, v, retry_after)) => {
             let mut b = Response::builder()
                 .status(poem::http::StatusCode::from_u16(status).unwrap())
