@@ -2,7 +2,7 @@
 //! llama.cpp's server. Native tool calls, JSON-schema responses, streaming with usage.
 //!
 //! A provider's answer is untrusted input: it is read into typed messages ([`wire`]) with
-//! bounds on its token counts and tool calls. Rate limits, server errors and connection
+//! bounds on its size, token counts and tool calls. Rate limits, server errors and connection
 //! failures are retried a bounded number of times. A failure is told to clients as the
 //! provider's name, the status and a fixed reason; what the provider said, and its address,
 //! go only to the log.
@@ -33,6 +33,10 @@ const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(4);
 /// The most tool calls one answer may ask for.
 pub(crate) const MAX_TOOL_CALLS: usize = 128;
+/// The largest complete answer read.
+const MAX_ANSWER: usize = 8 << 20;
+/// The most of an error answer's body read (for the log).
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 pub struct OpenAiProvider {
     name: String,
@@ -51,6 +55,7 @@ pub(crate) enum Reason {
     Unreachable,
     /// The connection broke while the answer was read.
     BrokeOff,
+    TooLarge,
     NotJson,
     /// JSON, but not a chat completion (token counts out of bounds included).
     Invalid,
@@ -72,7 +77,7 @@ impl Reason {
             | Reason::MidStream
             | Reason::BadEvent
             | Reason::EndedEarly => true,
-            Reason::NotJson | Reason::Invalid | Reason::TooManyCalls => false,
+            Reason::TooLarge | Reason::NotJson | Reason::Invalid | Reason::TooManyCalls => false,
         }
     }
 
@@ -82,6 +87,10 @@ impl Reason {
             Reason::Status(s) => format!("provider '{p}' answered {s} ({})", status_reason(s)),
             Reason::Unreachable => format!("provider '{p}' could not be reached"),
             Reason::BrokeOff => format!("provider '{p}' broke off its answer"),
+            Reason::TooLarge => format!(
+                "provider '{p}' sent an answer larger than {} MiB",
+                MAX_ANSWER >> 20
+            ),
             Reason::NotJson => format!("provider '{p}' sent an answer that is not valid JSON"),
             Reason::Invalid => {
                 format!("provider '{p}' sent an answer that is not a valid chat completion")
@@ -260,13 +269,27 @@ fn millis(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The whole body, or `None` once it passes `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> reqwest::Result<Option<Vec<u8>>> {
+    let expected = resp.content_length().unwrap_or(0).min(cap as u64);
+    let mut body = Vec::with_capacity(expected as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// What an error answer says: its `error.message`, else the start of its text.
 async fn error_detail(resp: reqwest::Response) -> String {
-    match resp.bytes().await {
-        Ok(body) => match serde_json::from_slice::<wire::ErrorBody>(&body) {
+    match read_capped(resp, MAX_ERROR_BODY).await {
+        Ok(Some(body)) => match serde_json::from_slice::<wire::ErrorBody>(&body) {
             Ok(wire::ErrorBody { error: Some(e) }) => excerpt(e.message().as_bytes()),
             _ => excerpt(&body),
         },
+        Ok(None) => format!("an error body over {MAX_ERROR_BODY} bytes"),
         Err(e) => format!("the error body broke off: {}", error_chain(&e)),
     }
 }
@@ -313,11 +336,15 @@ impl OpenAiProvider {
     /// A complete answer.
     async fn complete(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
         let resp = self.send(&wire::body(req, false)).await?;
-        let fault = match resp.bytes().await {
-            Ok(body) => match parse(&body) {
+        let fault = match read_capped(resp, MAX_ANSWER).await {
+            Ok(Some(body)) => match parse(&body) {
                 Ok(answer) => return Ok(answer),
                 Err(fault) => fault,
             },
+            Ok(None) => Fault::new(
+                Reason::TooLarge,
+                format_args!("an answer over {MAX_ANSWER} bytes"),
+            ),
             Err(e) => Fault::new(Reason::BrokeOff, error_chain(&e)),
         };
         Err(fault.report(&self.name, &self.url))
@@ -630,6 +657,15 @@ mod tests {
             f(Reason::MidStream),
             ProviderError::Transient("provider 'groq' failed mid-stream".into())
         );
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_a_bound() {
+        let body = |n: usize| reqwest::Response::from(poem::http::Response::new(vec![b'x'; n]));
+        let read = |n: usize| async move { read_capped(body(n), 10).await.unwrap() };
+        assert_eq!(read(10).await.map(|b| b.len()), Some(10));
+        assert_eq!(read(0).await, Some(vec![]));
+        assert_eq!(read(11).await, None);
     }
 
     fn retry_after_of(value: &str) -> Option<Duration> {
