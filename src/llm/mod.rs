@@ -5,6 +5,8 @@
 
 mod offline;
 pub mod openai;
+#[cfg(test)]
+mod properties;
 pub mod schema_instance;
 
 use std::collections::BTreeMap;

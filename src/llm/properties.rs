@@ -77,7 +77,10 @@ fn event() -> impl Strategy<Value = String> {
         Just("[DONE]".to_string()),
         "[ -~]{0,12}",
     ];
-    (chunk, prop_oneof![Just("\n\n"), Just("\r\n\r\n"), Just("\n")])
+    (
+        chunk,
+        prop_oneof![Just("\n\n"), Just("\r\n\r\n"), Just("\n")],
+    )
         .prop_map(|(data, end)| format!("data: {data}{end}"))
 }
 
