@@ -49,7 +49,7 @@ pub struct OpenAiProvider {
 
 /// Why a call failed, as a client is told it: no word of the provider's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reason {
+enum Reason {
     /// An HTTP status other than success.
     Status(u16),
     Unreachable,
@@ -81,8 +81,8 @@ impl Reason {
         }
     }
 
-    fn describe(self, provider: &str) -> String {
-        let p = provider;
+    /// What a client is told of a call to provider `p`.
+    fn describe(self, p: &str) -> String {
         match self {
             Reason::Status(s) => format!("provider '{p}' answered {s} ({})", status_reason(s)),
             Reason::Unreachable => format!("provider '{p}' could not be reached"),
@@ -119,12 +119,12 @@ fn status_reason(status: u16) -> &'static str {
 /// A failed call: the reason a client is told, and the detail only the log gets.
 #[derive(Debug)]
 pub(crate) struct Fault {
-    pub reason: Reason,
-    pub detail: String,
+    reason: Reason,
+    detail: String,
 }
 
 impl Fault {
-    pub fn new(reason: Reason, detail: impl fmt::Display) -> Fault {
+    fn new(reason: Reason, detail: impl fmt::Display) -> Fault {
         Fault {
             reason,
             detail: detail.to_string(),
@@ -132,7 +132,7 @@ impl Fault {
     }
 
     /// The error a client sees.
-    pub fn into_error(self, provider: &str) -> ProviderError {
+    fn into_error(self, provider: &str) -> ProviderError {
         let message = self.reason.describe(provider);
         if self.reason.transient() {
             ProviderError::Transient(message)

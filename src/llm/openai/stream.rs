@@ -12,7 +12,7 @@ use crate::llm::{StreamEvent, TokenUsage, ToolCall};
 
 /// The longest line of a stream. eventsource-stream parses an unfinished line again from its
 /// start with each chunk that extends it, so a line without end costs quadratic time.
-pub const MAX_LINE: usize = 1 << 20;
+const MAX_LINE: usize = 1 << 20;
 
 /// The stream's bytes, failing once a line grows past [`MAX_LINE`].
 fn bounded_lines<S, B, E>(bytes: S) -> impl Stream<Item = Result<B, Fault>>

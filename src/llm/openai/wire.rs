@@ -209,7 +209,7 @@ pub struct Function {
 }
 
 /// A tool call's arguments as JSON text: the protocol sends text, some servers the JSON itself.
-#[derive(Default, Debug, PartialEq)]
+#[derive(Default)]
 pub struct Arguments(pub String);
 
 impl<'de> Deserialize<'de> for Arguments {
@@ -222,7 +222,7 @@ impl<'de> Deserialize<'de> for Arguments {
     }
 }
 
-#[derive(Deserialize, Default, Debug, PartialEq)]
+#[derive(Deserialize)]
 pub struct Usage {
     #[serde(default)]
     prompt_tokens: Tokens,
@@ -241,8 +241,8 @@ impl From<Usage> for TokenUsage {
 
 /// A token count: a whole number from 0 to [`MAX_TOKENS`] (`null` is 0). Anything else —
 /// negative, fractional, beyond `i64`, not a number — makes the answer invalid.
-#[derive(Default, Debug, PartialEq)]
-pub struct Tokens(pub u64);
+#[derive(Default)]
+pub struct Tokens(u64);
 
 impl<'de> Deserialize<'de> for Tokens {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -313,7 +313,7 @@ pub struct ErrorBody {
 }
 
 /// An error as providers give it: an object with a `message`, or a bare string.
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 pub enum ErrorDetail {
     Text(String),
