@@ -5,6 +5,8 @@
 
 mod offline;
 pub mod openai;
+#[cfg(test)]
+mod properties;
 pub mod schema_instance;
 
 use std::collections::BTreeMap;
@@ -88,8 +90,9 @@ pub struct TokenUsage {
 }
 
 impl TokenUsage {
+    /// Prompt and completion; saturates rather than overflows.
     pub fn total(&self) -> u64 {
-        self.prompt + self.completion
+        self.prompt.saturating_add(self.completion)
     }
 }
 
@@ -229,5 +232,19 @@ impl Models {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.routes.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenUsage;
+
+    #[test]
+    fn a_total_saturates() {
+        let usage = TokenUsage {
+            prompt: u64::MAX,
+            completion: 1,
+        };
+        assert_eq!(usage.total(), u64::MAX);
     }
 }

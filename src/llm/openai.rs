@@ -1,228 +1,296 @@
 //! An OpenAI-compatible chat-completions client: OpenAI, Groq, Together, vLLM, Ollama,
 //! llama.cpp's server. Native tool calls, JSON-schema responses, streaming with usage.
 //!
-//! Parsing is tolerant where servers differ (missing `usage`, `content: null`, extra fields);
-//! rate limits and server errors are retried a bounded number of times.
+//! A provider's answer is untrusted input: it is read into typed messages ([`wire`]) with
+//! bounds on its size, token counts and tool calls. Rate limits, server errors and connection
+//! failures are retried a bounded number of times. A failure is told to clients as the
+//! provider's name, the status and a fixed reason; what the provider said, and its address,
+//! go only to the log.
 
-use std::time::Duration;
+mod stream;
+pub(crate) mod wire;
 
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, StreamExt};
-use serde_json::{Value, json};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use tracing::Instrument;
 
 use super::{
-    ChatRequest, ChatResponse, Message, Provider, ProviderError, Role, StreamEvent, TokenUsage,
-    ToolCall,
+    ChatRequest, ChatResponse, Provider, ProviderError, StreamEvent, TokenUsage, ToolCall,
 };
 use crate::config::Secret;
+
+pub(crate) use stream::events;
 
 /// Attempts of one call when the provider answers 429 or 5xx, or cannot be reached.
 pub const ATTEMPTS: u32 = 3;
 /// First pause between attempts; doubled each time, never more than [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(4);
+/// The most tool calls one answer may ask for.
+pub(crate) const MAX_TOOL_CALLS: usize = 128;
+/// The largest complete answer read.
+const MAX_ANSWER: usize = 8 << 20;
+/// The most of an error answer's body read (for the log).
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 pub struct OpenAiProvider {
     name: String,
-    base_url: String,
+    /// The chat-completions endpoint.
+    url: String,
     api_key: Option<Secret>,
     client: reqwest::Client,
     first_pause: Duration,
 }
 
-fn role(r: Role) -> &'static str {
-    match r {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
+/// Why a call failed, as a client is told it: no word of the provider's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// An HTTP status other than success.
+    Status(u16),
+    Unreachable,
+    /// The connection broke while the answer was read.
+    BrokeOff,
+    TooLarge,
+    NotJson,
+    /// JSON, but not a chat completion (token counts out of bounds included).
+    Invalid,
+    TooManyCalls,
+    /// The provider reported an error mid-stream, or the stream's connection broke.
+    MidStream,
+    /// A stream event that is not a chat-completion chunk.
+    BadEvent,
+    EndedEarly,
+}
+
+impl Reason {
+    /// Worth retrying (the call, or the client's request).
+    fn transient(self) -> bool {
+        match self {
+            Reason::Status(s) => s == 429 || s >= 500,
+            Reason::Unreachable
+            | Reason::BrokeOff
+            | Reason::MidStream
+            | Reason::BadEvent
+            | Reason::EndedEarly => true,
+            Reason::TooLarge | Reason::NotJson | Reason::Invalid | Reason::TooManyCalls => false,
+        }
+    }
+
+    /// What a client is told of a call to provider `p`.
+    fn describe(self, p: &str) -> String {
+        match self {
+            Reason::Status(s) => format!("provider '{p}' answered {s} ({})", status_reason(s)),
+            Reason::Unreachable => format!("provider '{p}' could not be reached"),
+            Reason::BrokeOff => format!("provider '{p}' broke off its answer"),
+            Reason::TooLarge => format!(
+                "provider '{p}' sent an answer larger than {} MiB",
+                MAX_ANSWER >> 20
+            ),
+            Reason::NotJson => format!("provider '{p}' sent an answer that is not valid JSON"),
+            Reason::Invalid => {
+                format!("provider '{p}' sent an answer that is not a valid chat completion")
+            }
+            Reason::TooManyCalls => {
+                format!("provider '{p}' asked for more than {MAX_TOOL_CALLS} tool calls")
+            }
+            Reason::MidStream => format!("provider '{p}' failed mid-stream"),
+            Reason::BadEvent => format!("provider '{p}' sent a bad stream event"),
+            Reason::EndedEarly => format!("provider '{p}' ended the stream early"),
+        }
     }
 }
 
-fn message(m: &Message) -> Value {
-    let mut v = json!({"role": role(m.role), "content": m.content});
-    if !m.tool_calls.is_empty() {
-        v["tool_calls"] = m
-            .tool_calls
-            .iter()
-            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-            .collect();
-    }
-    if let Some(id) = &m.tool_call_id {
-        v["tool_call_id"] = json!(id);
-    }
-    v
-}
-
-/// The request body: every option the engine sets is sent.
-pub fn body(req: &ChatRequest, stream: bool) -> Value {
-    let mut b = json!({
-        "model": req.model,
-        "messages": req.messages.iter().map(message).collect::<Vec<_>>(),
-    });
-    if let Some(t) = req.temperature {
-        b["temperature"] = json!(t);
-    }
-    if let Some(m) = req.max_tokens {
-        b["max_tokens"] = json!(m);
-    }
-    if !req.tools.is_empty() {
-        b["tools"] = req
-            .tools
-            .iter()
-            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}))
-            .collect();
-        b["tool_choice"] = json!("auto");
-    }
-    if let Some(schema) = &req.response_schema {
-        b["response_format"] = json!({
-            "type": "json_schema",
-            "json_schema": {"name": "output", "schema": schema, "strict": false}
-        });
-    }
-    if stream {
-        b["stream"] = json!(true);
-        b["stream_options"] = json!({"include_usage": true});
-    }
-    b
-}
-
-fn usage(v: &Value) -> TokenUsage {
-    TokenUsage {
-        prompt: v["prompt_tokens"].as_u64().unwrap_or(0),
-        completion: v["completion_tokens"].as_u64().unwrap_or(0),
+fn status_reason(status: u16) -> &'static str {
+    match status {
+        429 => "rate limited",
+        401 | 403 => "not authorized",
+        404 => "not found",
+        400..=499 => "request refused",
+        500..=599 => "server error",
+        _ => "unexpected status",
     }
 }
 
-fn tool_calls(v: &Value) -> Vec<ToolCall> {
-    v.as_array()
-        .map(|calls| {
-            calls
-                .iter()
-                .enumerate()
-                .map(|(i, c)| ToolCall {
-                    id: c["id"]
-                        .as_str()
-                        .map_or_else(|| format!("call_{i}"), String::from),
-                    name: c["function"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    arguments: match &c["function"]["arguments"] {
-                        Value::String(s) => s.clone(),
-                        Value::Null => String::new(),
-                        other => other.to_string(),
-                    },
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// A failed call: the reason a client is told, and the detail only the log gets.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    reason: Reason,
+    detail: String,
+}
+
+impl Fault {
+    fn new(reason: Reason, detail: impl fmt::Display) -> Fault {
+        Fault {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The error a client sees.
+    fn into_error(self, provider: &str) -> ProviderError {
+        let message = self.reason.describe(provider);
+        if self.reason.transient() {
+            ProviderError::Transient(message)
+        } else {
+            ProviderError::Fatal(message)
+        }
+    }
+
+    /// The error a client sees; the detail goes to the log, in the current span.
+    fn report(self, provider: &str, url: &str) -> ProviderError {
+        tracing::warn!(url, reason = ?self.reason, detail = %self.detail, "the provider's answer failed");
+        self.into_error(provider)
+    }
+}
+
+/// The start of a text the provider sent, for the log.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    match text.char_indices().nth(300) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.into_owned(),
+    }
+}
+
+/// An error with its causes (reqwest's own message leaves them out).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Reads a complete (non-streamed) answer.
-pub fn parse_response(v: &Value) -> Result<ChatResponse, ProviderError> {
-    let choice = v["choices"]
-        .get(0)
-        .ok_or_else(|| ProviderError::Fatal(format!("the answer has no choices: {}", short(v))))?;
-    let msg = &choice["message"];
-    let calls = tool_calls(&msg["tool_calls"]);
-    let finish_reason = choice["finish_reason"]
-        .as_str()
-        .map(String::from)
-        .unwrap_or_else(|| {
-            if calls.is_empty() {
-                "stop".into()
-            } else {
-                "tool_calls".into()
-            }
-        });
+pub(crate) fn parse(body: &[u8]) -> Result<ChatResponse, Fault> {
+    let answer: wire::Completion = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            // The serde error only: the answer may carry the model's text.
+            Fault::new(Reason::Invalid, e)
+        } else {
+            Fault::new(
+                Reason::NotJson,
+                format_args!("{e}; the answer: {}", excerpt(body)),
+            )
+        }
+    })?;
+    let Some(choice) = answer.choices.into_iter().next() else {
+        return Err(Fault::new(Reason::Invalid, "the answer has no choices"));
+    };
+    let calls = choice.message.tool_calls;
+    if calls.len() > MAX_TOOL_CALLS {
+        return Err(Fault::new(
+            Reason::TooManyCalls,
+            format_args!("{} tool calls", calls.len()),
+        ));
+    }
+    let tool_calls: Vec<ToolCall> = calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| ToolCall {
+            id: c.id.unwrap_or_else(|| format!("call_{i}")),
+            name: c.function.name.unwrap_or_default(),
+            arguments: c.function.arguments.0,
+        })
+        .collect();
     Ok(ChatResponse {
-        content: msg["content"].as_str().unwrap_or_default().to_string(),
-        tool_calls: calls,
-        finish_reason,
-        usage: usage(&v["usage"]),
+        content: choice.message.content.unwrap_or_default(),
+        finish_reason: choice
+            .finish_reason
+            .unwrap_or_else(|| wire::default_finish(&tool_calls)),
+        tool_calls,
+        usage: answer.usage.map(TokenUsage::from).unwrap_or_default(),
     })
 }
 
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 300 {
-        format!(
-            "{}...",
-            &s[..s.char_indices().nth(300).map_or(s.len(), |(i, _)| i)]
-        )
-    } else {
-        s
-    }
-}
-
-/// The error a provider's HTTP answer stands for.
-fn http_error(status: u16, text: &str) -> ProviderError {
-    let detail = serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| {
-            v["error"]["message"]
-                .as_str()
-                .or(v["error"].as_str())
-                .map(String::from)
-        })
-        .unwrap_or_else(|| text.chars().take(300).collect());
-    let message = format!("the model provider answered {status}: {detail}");
-    if status == 429 || status >= 500 {
-        ProviderError::Transient(message)
-    } else {
-        ProviderError::Fatal(message)
-    }
-}
-
-/// How long the provider asked us to wait (`Retry-After` in seconds), capped.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs: f64 = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs_f64(
-        secs.clamp(0.0, MAX_PAUSE.as_secs_f64()),
-    ))
-}
-
-/// Accumulates a streamed answer's tool calls, which arrive in pieces by index.
-#[derive(Default)]
-struct CallParts {
-    calls: Vec<ToolCall>,
-}
-
-impl CallParts {
-    fn add(&mut self, deltas: &Value) {
-        for d in deltas.as_array().into_iter().flatten() {
-            let index = d["index"]
-                .as_u64()
-                .unwrap_or(self.calls.len().saturating_sub(1) as u64)
-                as usize;
-            while self.calls.len() <= index {
-                let n = self.calls.len();
-                self.calls.push(ToolCall {
-                    id: format!("call_{n}"),
-                    name: String::new(),
-                    arguments: String::new(),
-                });
-            }
-            let call = &mut self.calls[index];
-            if let Some(id) = d["id"].as_str() {
-                call.id = id.to_string();
-            }
-            if let Some(name) = d["function"]["name"].as_str() {
-                call.name.push_str(name);
-            }
-            match &d["function"]["arguments"] {
-                Value::String(s) => call.arguments.push_str(s),
-                Value::Null => {}
-                other => call.arguments.push_str(&other.to_string()),
-            }
+/// How long the provider asked us to wait: `Retry-After` as a finite number of seconds, not
+/// negative, or as an HTTP date; at most [`MAX_PAUSE`]. Anything else is ignored.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match value.parse::<f64>() {
+        // `min` first: a huge number of seconds is no duration. Negative ones are refused.
+        Ok(secs) if secs.is_finite() => {
+            Duration::try_from_secs_f64(secs.min(MAX_PAUSE.as_secs_f64())).ok()?
         }
+        Ok(_) => return None,
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(wait.min(MAX_PAUSE))
+}
+
+/// The pauses between attempts: `first`, doubled each time up to [`MAX_PAUSE`], each plus a
+/// random part of as much again (the retry loop caps the sum at [`MAX_PAUSE`]).
+fn backoff(first: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_factor(2.0)
+        .with_max_delay(MAX_PAUSE)
+        .with_max_times(ATTEMPTS as usize - 1)
+        .with_jitter()
+}
+
+/// An attempt's outcome in the log: the HTTP status, or none for a connection failure.
+#[derive(Clone, Copy)]
+enum Status {
+    Http(u16),
+    ConnectError,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Http(s) => write!(f, "{s}"),
+            Status::ConnectError => f.write_str("connect_error"),
+        }
+    }
+}
+
+/// A failed attempt.
+struct Failed {
+    attempt: u32,
+    status: Status,
+    duration_ms: u64,
+    retry_after: Option<Duration>,
+    fault: Fault,
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The whole body, or `None` once it passes `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> reqwest::Result<Option<Vec<u8>>> {
+    let expected = resp.content_length().unwrap_or(0).min(cap as u64);
+    let mut body = Vec::with_capacity(expected as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// What an error answer says: its `error.message`, else the start of its text.
+async fn error_detail(resp: reqwest::Response) -> String {
+    match read_capped(resp, MAX_ERROR_BODY).await {
+        Ok(Some(body)) => match serde_json::from_slice::<wire::ErrorBody>(&body) {
+            Ok(wire::ErrorBody { error: Some(e) }) => excerpt(e.message().as_bytes()),
+            _ => excerpt(&body),
+        },
+        Ok(None) => format!("an error body over {MAX_ERROR_BODY} bytes"),
+        Err(e) => format!("the error body broke off: {}", error_chain(&e)),
     }
 }
 
@@ -243,7 +311,7 @@ impl OpenAiProvider {
         });
         OpenAiProvider {
             name: name.to_string(),
-            base_url: base_url.trim_end_matches('/').to_string(),
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key,
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
@@ -260,61 +328,122 @@ impl OpenAiProvider {
         self
     }
 
-    /// Sends the request, retrying 429, 5xx and connection failures; returns the successful response.
-    async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
-        let url = format!("{}/chat/completions", self.base_url);
-        let bytes = serde_json::to_vec(body).map_err(|e| ProviderError::Fatal(e.to_string()))?;
-        let mut pause = self.first_pause;
-        let mut attempt = 1;
-        loop {
-            let mut req = self
-                .client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(bytes.clone());
-            if let Some(key) = &self.api_key {
-                req = req.bearer_auth(key.expose());
-            }
-            let (error, wait) = match req.send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let wait = retry_after(resp.headers());
-                    let text = resp.text().await.unwrap_or_default();
-                    (http_error(status, &text), wait)
-                }
-                Err(e) => (
-                    ProviderError::Transient(format!("cannot reach the model provider: {e}")),
-                    None,
-                ),
-            };
-            if matches!(error, ProviderError::Fatal(_)) || attempt >= ATTEMPTS {
-                tracing::warn!(provider = %self.name, attempt, error = %error, "model call failed");
-                return Err(error);
-            }
-            let wait = wait.unwrap_or(pause).min(MAX_PAUSE);
-            tracing::info!(provider = %self.name, attempt, error = %error, wait_ms = wait.as_millis() as u64, "retrying model call");
-            tokio::time::sleep(wait).await;
-            pause = (pause * 2).min(MAX_PAUSE);
-            attempt += 1;
+    /// The span of one call, a child of the current one.
+    fn span(&self, model: &str) -> tracing::Span {
+        tracing::info_span!("provider_call", provider = %self.name, model = %model)
+    }
+
+    /// A complete answer.
+    async fn complete(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let resp = self.send(&wire::body(req, false)).await?;
+        let fault = match read_capped(resp, MAX_ANSWER).await {
+            Ok(Some(body)) => match parse(&body) {
+                Ok(answer) => return Ok(answer),
+                Err(fault) => fault,
+            },
+            Ok(None) => Fault::new(
+                Reason::TooLarge,
+                format_args!("an answer over {MAX_ANSWER} bytes"),
+            ),
+            Err(e) => Fault::new(Reason::BrokeOff, error_chain(&e)),
+        };
+        Err(fault.report(&self.name, &self.url))
+    }
+
+    /// One attempt: the response if it succeeded.
+    async fn attempt(&self, attempt: u32, body: Vec<u8>) -> Result<reqwest::Response, Failed> {
+        let started = Instant::now();
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key.expose());
         }
+        let (status, retry_after, fault) = match req.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                tracing::debug!(
+                    attempt,
+                    status = resp.status().as_u16(),
+                    duration_ms = millis(started),
+                    "the provider answered"
+                );
+                return Ok(resp);
+            }
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let wait = retry_after(resp.headers());
+                let detail = error_detail(resp).await;
+                (
+                    Status::Http(status),
+                    wait,
+                    Fault::new(Reason::Status(status), detail),
+                )
+            }
+            Err(e) => (
+                Status::ConnectError,
+                None,
+                Fault::new(Reason::Unreachable, error_chain(&e)),
+            ),
+        };
+        Err(Failed {
+            attempt,
+            status,
+            duration_ms: millis(started),
+            retry_after,
+            fault,
+        })
+    }
+
+    /// Sends the request, retrying 429, 5xx and connection failures; returns the successful response.
+    async fn send(&self, body: &wire::Request<'_>) -> Result<reqwest::Response, ProviderError> {
+        let body = serde_json::to_vec(body).map_err(|e| {
+            tracing::warn!(error = %e, "the request could not be encoded");
+            ProviderError::Fatal(format!(
+                "the request to provider '{}' could not be encoded",
+                self.name
+            ))
+        })?;
+        let mut attempt = 0;
+        let result = (|| {
+            attempt += 1;
+            self.attempt(attempt, body.clone())
+        })
+        .retry(backoff(self.first_pause))
+        .when(|f: &Failed| f.fault.reason.transient())
+        .adjust(|f, next| next.map(|pause| f.retry_after.unwrap_or(pause).min(MAX_PAUSE)))
+        .notify(|f, wait| {
+            tracing::info!(
+                attempt = f.attempt,
+                status = %f.status,
+                duration_ms = f.duration_ms,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                detail = %f.fault.detail,
+                "the provider call failed; retrying"
+            );
+        })
+        .await;
+        result.map_err(|f| {
+            tracing::warn!(
+                attempt = f.attempt,
+                status = %f.status,
+                duration_ms = f.duration_ms,
+                url = %self.url,
+                detail = %f.fault.detail,
+                "the provider call failed"
+            );
+            f.fault.into_error(&self.name)
+        })
     }
 }
 
 impl Provider for OpenAiProvider {
     fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let resp = self.send(&body(&req, false)).await?;
-            let text = resp.text().await.map_err(|e| {
-                ProviderError::Transient(format!("reading the provider's answer: {e}"))
-            })?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| {
-                ProviderError::Fatal(format!(
-                    "the provider's answer is not JSON ({e}): {}",
-                    text.chars().take(200).collect::<String>()
-                ))
-            })?;
-            parse_response(&v)
+            // Made when first polled, so a child of the span of whoever awaits the call.
+            let span = self.span(&req.model);
+            self.complete(&req).instrument(span).await
         })
     }
 
@@ -324,144 +453,29 @@ impl Provider for OpenAiProvider {
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<StreamEvent, ProviderError>>, ProviderError>>
     {
         Box::pin(async move {
-            let resp = self.send(&body(&req, true)).await?;
-            Ok(sse_events(resp.bytes_stream()).boxed())
+            let span = self.span(&req.model);
+            let resp = self
+                .send(&wire::body(&req, true))
+                .instrument(span.clone())
+                .await?;
+            let (name, url) = (self.name.clone(), self.url.clone());
+            // The stream is read later, maybe elsewhere: its failures are logged in the call's span.
+            let events = events(resp.bytes_stream())
+                .map(move |item| item.map_err(|fault| span.in_scope(|| fault.report(&name, &url))));
+            Ok(events.boxed())
         })
     }
-}
-
-/// Turns the provider's server-sent events into stream events; ends with `Done` (or an error).
-pub fn sse_events<S, B, E>(
-    bytes: S,
-) -> impl futures_util::Stream<Item = Result<StreamEvent, ProviderError>> + Send + 'static
-where
-    S: futures_util::Stream<Item = Result<B, E>> + Send + Unpin + 'static,
-    B: AsRef<[u8]>,
-    E: std::fmt::Display,
-{
-    struct State<S> {
-        bytes: S,
-        buf: Vec<u8>,
-        pending: std::collections::VecDeque<Result<StreamEvent, ProviderError>>,
-        calls: CallParts,
-        usage: TokenUsage,
-        finish: Option<String>,
-        done: bool,
-    }
-    let state = State {
-        bytes,
-        buf: Vec::new(),
-        pending: Default::default(),
-        calls: CallParts::default(),
-        usage: TokenUsage::default(),
-        finish: None,
-        done: false,
-    };
-    futures_util::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(e) = st.pending.pop_front() {
-                return Some((e, st));
-            }
-            if st.done {
-                return None;
-            }
-            // Handle every complete line in the buffer.
-            while let Some(nl) = st.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = st.buf.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim();
-                let Some(data) = line.strip_prefix("data:").map(str::trim) else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    st.done = true;
-                    break;
-                }
-                let v: Value = match serde_json::from_str(data) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        st.pending.push_back(Err(ProviderError::Transient(format!(
-                            "the provider sent a bad stream event ({e})"
-                        ))));
-                        st.done = true;
-                        break;
-                    }
-                };
-                if v.get("error").is_some_and(|e| !e.is_null()) {
-                    let msg = v["error"]["message"]
-                        .as_str()
-                        .map_or_else(|| v["error"].to_string(), String::from);
-                    st.pending.push_back(Err(ProviderError::Transient(format!(
-                        "the provider failed mid-stream: {msg}"
-                    ))));
-                    st.done = true;
-                    break;
-                }
-                if v["usage"].is_object() {
-                    st.usage = usage(&v["usage"]);
-                }
-                if let Some(choice) = v["choices"].get(0) {
-                    if let Some(text) = choice["delta"]["content"].as_str()
-                        && !text.is_empty()
-                    {
-                        st.pending
-                            .push_back(Ok(StreamEvent::Delta(text.to_string())));
-                    }
-                    st.calls.add(&choice["delta"]["tool_calls"]);
-                    if let Some(f) = choice["finish_reason"].as_str() {
-                        st.finish = Some(f.to_string());
-                    }
-                }
-            }
-            if st.done {
-                if !st.pending.iter().any(Result::is_err) {
-                    let calls = std::mem::take(&mut st.calls.calls);
-                    let finish_reason = st.finish.take().unwrap_or_else(|| {
-                        if calls.is_empty() {
-                            "stop".into()
-                        } else {
-                            "tool_calls".into()
-                        }
-                    });
-                    st.pending.push_back(Ok(StreamEvent::Done {
-                        finish_reason,
-                        usage: st.usage,
-                        tool_calls: calls,
-                    }));
-                }
-                continue;
-            }
-            match st.bytes.next().await {
-                Some(Ok(chunk)) => st.buf.extend_from_slice(chunk.as_ref()),
-                Some(Err(e)) => {
-                    st.pending.push_back(Err(ProviderError::Transient(format!(
-                        "the provider's stream broke: {e}"
-                    ))));
-                    st.done = true;
-                }
-                None => {
-                    // A stream that ends without [DONE] after a finish reason is complete enough;
-                    // one that ends before any finish reason was cut off.
-                    if st.finish.is_none() {
-                        st.pending.push_back(Err(ProviderError::Transient(
-                            "the provider's stream ended early".into(),
-                        )));
-                    }
-                    st.done = true;
-                }
-            }
-        }
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::ToolSpec;
+    use crate::llm::{Message, Role, ToolSpec};
+    use serde_json::{Value, json};
 
     #[test]
     fn the_body_carries_every_option() {
-        let req = ChatRequest {
+        let mut req = ChatRequest {
             model: "m".into(),
             messages: vec![
                 Message::new(Role::System, "s"),
@@ -476,72 +490,218 @@ mod tests {
             }],
             response_schema: Some(json!({"type": "object"})),
         };
-        let b = body(&req, true);
+        req.messages.push(Message {
+            role: Role::Assistant,
+            content: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "c1".into(),
+                name: "calculator".into(),
+                arguments: "{}".into(),
+            }],
+            tool_call_id: None,
+        });
+        req.messages.push(Message {
+            tool_call_id: Some("c1".into()),
+            ..Message::new(Role::Tool, "2")
+        });
+        let b = serde_json::to_value(wire::body(&req, true)).unwrap();
+        assert_eq!(b["model"], "m");
         assert_eq!(b["temperature"], 0.2);
         assert_eq!(b["max_tokens"], 77);
-        assert_eq!(b["tools"][0]["function"]["name"], "calculator");
         assert_eq!(
-            b["response_format"]["json_schema"]["schema"],
-            json!({"type": "object"})
+            b["tools"][0],
+            json!({"type": "function", "function": {"name": "calculator", "description": "d", "parameters": {"type": "object"}}})
         );
+        assert_eq!(b["tool_choice"], "auto");
+        assert_eq!(
+            b["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"}, "strict": false}})
+        );
+        assert_eq!(b["stream"], true);
         assert_eq!(b["stream_options"]["include_usage"], true);
+        assert_eq!(b["messages"][0], json!({"role": "system", "content": "s"}));
         assert_eq!(b["messages"][1], json!({"role": "user", "content": "u"}));
+        assert_eq!(
+            b["messages"][2],
+            json!({"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": "{}"}}
+            ]})
+        );
+        assert_eq!(
+            b["messages"][3],
+            json!({"role": "tool", "content": "2", "tool_call_id": "c1"})
+        );
+
+        let plain = ChatRequest {
+            model: "m".into(),
+            messages: vec![Message::new(Role::User, "u")],
+            temperature: None,
+            max_tokens: None,
+            tools: vec![],
+            response_schema: None,
+        };
+        assert_eq!(
+            serde_json::to_value(wire::body(&plain, false)).unwrap(),
+            json!({"model": "m", "messages": [{"role": "user", "content": "u"}]}),
+            "options the engine did not set are left out"
+        );
+    }
+
+    fn parse_value(v: Value) -> Result<ChatResponse, Fault> {
+        parse(v.to_string().as_bytes())
     }
 
     #[test]
     fn tolerant_response_parsing() {
-        let v = json!({"choices": [{"message": {"content": null, "tool_calls": [
-            {"id": "a", "type": "function", "function": {"name": "calculator", "arguments": "{\"expression\":\"1+1\"}"}}
-        ]}}]});
-        let r = parse_response(&v).unwrap();
+        let r = parse_value(json!({"id": "x", "choices": [{"message": {"content": null, "refusal": null, "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "calculator", "arguments": "{\"expression\":\"1+1\"}"}},
+            {"function": {"name": "lookup", "arguments": {"q": "x"}}}
+        ]}}]}))
+        .unwrap();
         assert_eq!(r.content, "");
         assert_eq!(r.finish_reason, "tool_calls");
         assert_eq!(r.tool_calls[0].name, "calculator");
+        assert_eq!(r.tool_calls[1].id, "call_1");
+        assert_eq!(r.tool_calls[1].arguments, "{\"q\":\"x\"}");
         assert_eq!(r.usage, TokenUsage::default());
-        assert!(matches!(
-            parse_response(&json!({})),
-            Err(ProviderError::Fatal(_))
-        ));
+
+        let r = parse_value(json!({"choices": [{"message": {"content": "hi", "tool_calls": null}, "finish_reason": null}], "usage": null}))
+            .unwrap();
+        assert_eq!(
+            (r.content.as_str(), r.finish_reason.as_str()),
+            ("hi", "stop")
+        );
+
+        let r = parse_value(json!({"choices": [{"message": {"content": "hi"}, "finish_reason": "length"}], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}))
+            .unwrap();
+        assert_eq!((r.finish_reason.as_str(), r.usage.total()), ("length", 9));
     }
 
-    #[tokio::test]
-    async fn streams_assemble_text_tool_calls_and_usage() {
-        let events = [
-            "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
-            "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n",
-            "\ndata: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c1\",\"function\":{\"name\":\"calc\",\"arguments\":\"{\\\"a\\\"\"}}]}}]}\n\n",
-            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\":1}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
-            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n",
-        ];
-        let chunks: Vec<_> = events
-            .iter()
-            .map(|e| Ok::<_, std::io::Error>(e.as_bytes().to_vec()))
-            .collect();
-        let s = futures_util::stream::iter(chunks);
-        let out: Vec<_> = sse_events(s).collect().await;
-        assert_eq!(out[0], Ok(StreamEvent::Delta("Hel".into())));
-        assert_eq!(out[1], Ok(StreamEvent::Delta("lo".into())));
-        let Ok(StreamEvent::Done {
-            finish_reason,
-            usage,
-            tool_calls,
-        }) = &out[2]
-        else {
-            panic!("{out:?}")
+    #[test]
+    fn answers_that_are_not_chat_completions_are_refused() {
+        let reason = |bytes: &[u8]| parse(bytes).unwrap_err().reason;
+        assert_eq!(reason(b"<html>bad gateway</html>"), Reason::NotJson);
+        assert_eq!(reason(b"{\"choices\": ["), Reason::NotJson);
+        assert_eq!(reason(b"{}"), Reason::Invalid);
+        assert_eq!(reason(b"{\"choices\": []}"), Reason::Invalid);
+        assert_eq!(reason(b"{\"choices\": 3}"), Reason::Invalid);
+        assert_eq!(reason(b"[1]"), Reason::Invalid);
+    }
+
+    #[test]
+    fn token_counts_out_of_bounds_make_an_answer_invalid() {
+        let tokens = |n: &str| {
+            let text = format!(
+                "{{\"choices\": [{{\"message\": {{\"content\": \"x\"}}}}], \"usage\": {{\"prompt_tokens\": {n}, \"completion_tokens\": 1}}}}"
+            );
+            parse(text.as_bytes())
+                .map(|r| r.usage.prompt)
+                .map_err(|f| f.reason)
         };
-        assert_eq!(finish_reason, "tool_calls");
-        assert_eq!(usage.total(), 8);
-        assert_eq!(tool_calls[0].arguments, "{\"a\":1}");
-        assert_eq!(out.len(), 3);
+        assert_eq!(tokens("1000000000"), Ok(1_000_000_000));
+        assert_eq!(tokens("12.0"), Ok(12));
+        for n in [
+            "1000000001",
+            "9223372036854775808",
+            "18446744073709551615",
+            "1e300",
+            "-1",
+            "2.5",
+            "\"3\"",
+        ] {
+            assert_eq!(tokens(n), Err(Reason::Invalid), "{n}");
+        }
+    }
+
+    #[test]
+    fn more_than_the_most_tool_calls_are_refused() {
+        let call = json!({"id": "c", "function": {"name": "f", "arguments": "{}"}});
+        let calls =
+            |n: usize| json!({"choices": [{"message": {"tool_calls": vec![call.clone(); n]}}]});
+        assert_eq!(
+            parse_value(calls(MAX_TOOL_CALLS)).unwrap().tool_calls.len(),
+            MAX_TOOL_CALLS
+        );
+        assert_eq!(
+            parse_value(calls(MAX_TOOL_CALLS + 1)).unwrap_err().reason,
+            Reason::TooManyCalls
+        );
+    }
+
+    #[test]
+    fn the_client_is_told_the_provider_the_status_and_a_fixed_reason() {
+        let f = |reason| {
+            Fault::new(reason, "http://10.0.0.5:8000 said: key sk-***abc").into_error("groq")
+        };
+        assert_eq!(
+            f(Reason::Status(503)),
+            ProviderError::Transient("provider 'groq' answered 503 (server error)".into())
+        );
+        assert_eq!(
+            f(Reason::Status(429)),
+            ProviderError::Transient("provider 'groq' answered 429 (rate limited)".into())
+        );
+        assert_eq!(
+            f(Reason::Status(401)),
+            ProviderError::Fatal("provider 'groq' answered 401 (not authorized)".into())
+        );
+        assert_eq!(
+            f(Reason::Unreachable),
+            ProviderError::Transient("provider 'groq' could not be reached".into())
+        );
+        assert_eq!(
+            f(Reason::NotJson),
+            ProviderError::Fatal("provider 'groq' sent an answer that is not valid JSON".into())
+        );
+        assert_eq!(
+            f(Reason::MidStream),
+            ProviderError::Transient("provider 'groq' failed mid-stream".into())
+        );
     }
 
     #[tokio::test]
-    async fn a_cut_stream_is_an_error() {
-        let s = futures_util::stream::iter([Ok::<_, std::io::Error>(
-            b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n".to_vec(),
-        )]);
-        let out: Vec<_> = sse_events(s).collect().await;
-        assert_eq!(out[0], Ok(StreamEvent::Delta("x".into())));
-        assert!(matches!(&out[1], Err(ProviderError::Transient(m)) if m.contains("ended early")));
+    async fn bodies_are_read_up_to_a_bound() {
+        let body = |n: usize| reqwest::Response::from(poem::http::Response::new(vec![b'x'; n]));
+        let read = |n: usize| async move { read_capped(body(n), 10).await.unwrap() };
+        assert_eq!(read(10).await.map(|b| b.len()), Some(10));
+        assert_eq!(read(0).await, Some(vec![]));
+        assert_eq!(read(11).await, None);
+    }
+
+    fn retry_after_of(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, value.parse().unwrap());
+        retry_after(&headers)
+    }
+
+    #[test]
+    fn retry_after_takes_only_finite_non_negative_seconds_or_a_date_capped() {
+        assert_eq!(retry_after_of("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after_of(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(retry_after_of("0"), Some(Duration::ZERO));
+        for huge in ["5", "1e300", "99999999999999999999999"] {
+            assert_eq!(retry_after_of(huge), Some(MAX_PAUSE), "{huge}");
+        }
+        for bad in [
+            "NaN", "nan", "-1", "-1e300", "inf", "-inf", "1e400", "soon", "",
+        ] {
+            assert_eq!(retry_after_of(bad), None, "{bad:?}");
+        }
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(retry_after_of(&later), Some(MAX_PAUSE));
+        let earlier = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(3600));
+        assert_eq!(retry_after_of(&earlier), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_the_first_pause_for_each_retry() {
+        use backon::BackoffBuilder;
+        let first = Duration::from_millis(250);
+        let pauses: Vec<Duration> = backoff(first).build().collect();
+        assert_eq!(pauses.len(), ATTEMPTS as usize - 1);
+        for (i, p) in pauses.iter().enumerate() {
+            let base = first * 2u32.pow(i as u32);
+            assert!(*p >= base && *p <= base * 2, "pause {i}: {p:?}");
+        }
     }
 }

@@ -4,8 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ares::llm::{Models, OpenAiProvider};
+use ares::llm::{
+    ChatRequest, Message, Models, OpenAiProvider, Provider, ProviderError, Role, StreamEvent,
+};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::helpers::{TestApp, sse_events};
 use crate::upstream::{Reply, Upstream, answer, delta, finish, stream, tool_call};
@@ -149,7 +152,7 @@ async fn output_still_invalid_after_the_repair_fails_the_run_naming_the_path() {
 async fn rate_limits_and_server_errors_are_retried_then_fail_clearly() {
     let limited = json!({"error": {"message": "Rate limit reached", "type": "rate_limit"}});
     let (app, upstream, key) = app_with(vec![
-        Reply::Status(429, limited.clone(), Some(0)),
+        Reply::Status(429, limited.clone(), Some("0")),
         Reply::Status(503, json!({"error": {"message": "overloaded"}}), None),
         answer(VALID, 10, 5),
     ])
@@ -169,8 +172,9 @@ async fn rate_limits_and_server_errors_are_retried_then_fail_clearly() {
     assert_eq!(r.body["status"], "failed");
     assert_eq!(
         r.body["error"],
-        "provider unavailable: the model provider answered 500: still boom"
+        "provider unavailable: provider 'scripted' answered 500 (server error)"
     );
+    assert_hides(&upstream, &r.body["error"], "still boom");
     assert_eq!(upstream.requests().len(), 3, "bounded retries");
 
     // A client error is not retried.
@@ -182,8 +186,48 @@ async fn rate_limits_and_server_errors_are_retried_then_fail_clearly() {
     .await;
     let r = app.run_agent(&key, "risk-analyzer", risk_input()).await;
     assert_eq!(r.body["status"], "failed");
-    assert!(r.body["error"].as_str().unwrap().contains("bad model"));
+    assert_eq!(
+        r.body["error"],
+        "provider error: provider 'scripted' answered 400 (request refused)"
+    );
+    assert_hides(&upstream, &r.body["error"], "bad model");
     assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_that_is_no_number_of_seconds_is_ignored() {
+    let limited = json!({"error": {"message": "Rate limit reached"}});
+    let (app, upstream, key) = app_with(vec![
+        Reply::Status(429, limited.clone(), Some("NaN")),
+        Reply::Status(429, limited, Some("-1")),
+        answer(VALID, 10, 5),
+    ])
+    .await;
+    let start = Instant::now();
+    let r = app.run_agent(&key, "risk-analyzer", risk_input()).await;
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    assert_eq!(upstream.requests().len(), 3);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn token_counts_beyond_bounds_fail_the_call_and_leave_usage_whole() {
+    let (app, _upstream, key) = app_with(vec![Reply::Json(json!({
+        "choices": [{"message": {"content": VALID}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9_223_372_036_854_775_808u64, "completion_tokens": 1}
+    }))])
+    .await;
+    let r = app.run_agent(&key, "risk-analyzer", risk_input()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "failed");
+    assert_eq!(
+        r.body["error"],
+        "provider error: provider 'scripted' sent an answer that is not a valid chat completion"
+    );
+    assert_eq!(r.body["tokens_used"], 0);
+    let usage = app.usage(&key).await;
+    assert_eq!(usage.status, 200, "{}", usage.text);
+    assert_eq!(usage.body["total_tokens"], 0);
 }
 
 #[tokio::test]
@@ -217,14 +261,15 @@ async fn chat_through_a_provider_and_its_failures() {
         json!([{"role": "user", "content": "Summarize Q1 revenue trends."}])
     );
 
-    let (app, _upstream, key) = app_with(vec![Reply::Status(
+    let (app, upstream, key) = app_with(vec![Reply::Status(
         401,
         json!({"error": {"message": "invalid api key"}}),
         None,
     )])
     .await;
     let r = app.chat(&key, body).await;
-    assert_upstream_error(&r, "invalid api key");
+    assert_upstream_error(&r, "provider 'scripted' answered 401 (not authorized)");
+    assert_hides(&upstream, &r.body, "invalid api key");
 }
 
 #[tokio::test]
@@ -322,7 +367,12 @@ async fn a_stream_broken_midway_ends_with_an_error_event() {
         .await;
     let last = sse_events(&r.text).last().unwrap().clone();
     assert_eq!(last["finish_reason"], "error");
-    assert!(last["error"].as_str().unwrap().contains("ended early"));
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("provider 'scripted' ended the stream early")
+    );
 }
 
 #[tokio::test]
@@ -447,4 +497,206 @@ async fn every_log_line_of_a_failing_provider_call_carries_the_request_id() {
             "no line of {depth} carries the request id; the request's lines: {lines:#?}"
         );
     }
+}
+
+#[tokio::test]
+async fn what_the_provider_said_and_where_it_lives_stay_out_of_answers() {
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "model": "llama-3.3-70b"});
+    // Not JSON: a proxy's page.
+    let (app, upstream, key) =
+        app_with(vec![Reply::Raw("<html>502 from gateway 10.1.2.3</html>")]).await;
+    let r = app.chat(&key, body.clone()).await;
+    assert_upstream_error(
+        &r,
+        "provider 'scripted' sent an answer that is not valid JSON",
+    );
+    assert_hides(&upstream, &r.body, "10.1.2.3");
+
+    // A provider that cannot be reached.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut models = Models::offline(&["llama-3.1-8b"]);
+    let provider = OpenAiProvider::new("scripted", &format!("http://{addr}/v1"), None)
+        .with_first_pause(Duration::from_millis(5));
+    models.insert("llama-3.3-70b", Arc::new(provider));
+    let app = TestApp::spawn_with_models(models).await;
+    let key = app.tenant("acme").await;
+    let r = app.chat(&key, body.clone()).await;
+    assert_upstream_error(&r, "provider 'scripted' could not be reached");
+    assert!(!r.text.contains(&addr), "{}", r.text);
+
+    // An error reported mid-stream.
+    let (app, upstream, key) = app_with(vec![Reply::Stream(vec![
+        (Duration::ZERO, delta("Partial")),
+        (
+            Duration::ZERO,
+            "data: {\"error\": {\"message\": \"worker 10.1.2.3 died; key sk-***abc\"}}\n\n".into(),
+        ),
+    ])])
+    .await;
+    let r = app.chat_stream(&key, body).await;
+    let last = sse_events(&r.text).last().unwrap().clone();
+    assert_eq!(last["finish_reason"], "error");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("provider 'scripted' failed mid-stream"),
+        "{last}"
+    );
+    assert_hides(&upstream, &last, "10.1.2.3");
+    assert!(!last.to_string().contains("sk-"), "{last}");
+}
+
+/// Checks that neither the upstream's address nor `said` appear in what a client got.
+fn assert_hides(upstream: &Upstream, answer: &Value, said: &str) {
+    let addr = upstream
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1");
+    let text = answer.to_string();
+    assert!(!text.contains(addr), "the address {addr} in {text}");
+    assert!(!text.contains(said), "{said:?} in {text}");
+}
+
+/// A sink for the log lines of one test's thread.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    /// Logs this thread's events (debug and up) into the sink while the guard lives.
+    fn capture() -> (Lines, tracing::subscriber::DefaultGuard) {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || sink.clone())
+            .finish();
+        (lines, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn matching(&self, fragment: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(fragment))
+            .map(String::from)
+            .collect()
+    }
+}
+
+fn hello(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![Message::new(Role::User, "hi")],
+        temperature: None,
+        max_tokens: None,
+        tools: vec![],
+        response_schema: None,
+    }
+}
+
+#[tokio::test]
+async fn provider_calls_log_each_attempt_inside_the_callers_span() {
+    let upstream = Upstream::start(vec![
+        Reply::Status(503, json!({"error": {"message": "overloaded"}}), Some("0")),
+        Reply::Status(503, json!({"error": {"message": "still overloaded"}}), None),
+        Reply::Status(503, json!({"error": {"message": "gave up"}}), None),
+        Reply::Stream(vec![
+            (Duration::ZERO, delta("a")),
+            (
+                Duration::ZERO,
+                "data: {\"error\": {\"message\": \"worker died\"}}\n\n".into(),
+            ),
+        ]),
+    ])
+    .await;
+    let provider = OpenAiProvider::new("local", &upstream.base, None)
+        .with_first_pause(Duration::from_millis(5));
+    let request_span = || tracing::info_span!("request", request_id = "r-1");
+    let (lines, _guard) = Lines::capture();
+    let scope = "request{request_id=\"r-1\"}:provider_call{provider=local model=m1}:";
+
+    let error = provider
+        .chat(hello("m1"))
+        .instrument(request_span())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        ProviderError::Transient("provider 'local' answered 503 (server error)".into())
+    );
+    let retries = lines.matching("retrying");
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    for (i, line) in retries.iter().enumerate() {
+        assert!(line.contains(" INFO ") && line.contains(scope), "{line}");
+        assert!(line.contains(&format!("attempt={}", i + 1)), "{line}");
+        assert!(
+            line.contains("status=503") && line.contains("duration_ms="),
+            "{line}"
+        );
+    }
+    let failed = lines.matching("the provider call failed attempt");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let line = &failed[0];
+    assert!(line.contains(" WARN ") && line.contains(scope), "{line}");
+    assert!(
+        line.contains("attempt=3") && line.contains("status=503"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&upstream.base) && line.contains("detail=gave up"),
+        "{line}"
+    );
+
+    // A stream's failure is logged in the span of the call that started it, wherever the
+    // stream is read.
+    let stream = provider
+        .chat_stream(hello("m1"))
+        .instrument(request_span())
+        .await
+        .unwrap();
+    let events: Vec<_> = futures_util::StreamExt::collect(stream).await;
+    assert_eq!(events[0], Ok(StreamEvent::Delta("a".into())));
+    assert_eq!(
+        events[1],
+        Err(ProviderError::Transient(
+            "provider 'local' failed mid-stream".into()
+        ))
+    );
+    let failed = lines.matching("worker died");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].contains(" WARN ") && failed[0].contains(scope),
+        "{}",
+        failed[0]
+    );
+
+    // A connection failure is logged as such.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let unreachable =
+        OpenAiProvider::new("local", &base, None).with_first_pause(Duration::from_millis(5));
+    let error = unreachable
+        .chat(hello("m1"))
+        .instrument(request_span())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        ProviderError::Transient("provider 'local' could not be reached".into())
+    );
+    assert_eq!(lines.matching("status=connect_error").len(), 3);
 }

@@ -15,8 +15,10 @@ use serde_json::{Value, json};
 pub enum Reply {
     /// 200 with this JSON body.
     Json(Value),
-    /// An error status with a JSON body, and a `Retry-After` in seconds.
-    Status(u16, Value, Option<u32>),
+    /// 200 with this body, whatever it is.
+    Raw(&'static str),
+    /// An error status with a JSON body, and a `Retry-After` as sent.
+    Status(u16, Value, Option<&'static str>),
     /// 200 `text/event-stream`: each chunk after its pause. The stream ends after the last one.
     Stream(Vec<(Duration, String)>),
     /// Never answers (a timeout).
@@ -71,12 +73,15 @@ async fn completions(script: Data<&Arc<Script>>, body: String) -> Response {
         Some(Reply::Json(v)) => Response::builder()
             .content_type("application/json")
             .body(v.to_string()),
+        Some(Reply::Raw(text)) => Response::builder()
+            .content_type("application/json")
+            .body(text),
         Some(Reply::Status(status, v, retry_after)) => {
             let mut b = Response::builder()
                 .status(poem::http::StatusCode::from_u16(status).unwrap())
                 .content_type("application/json");
             if let Some(s) = retry_after {
-                b = b.header("retry-after", s.to_string());
+                b = b.header("retry-after", s);
             }
             b.body(v.to_string())
         }
