@@ -146,39 +146,26 @@ pub struct InstanceSettings {
     pub lease: HumanDuration,
 }
 
-/// A duration written as a number and a unit: `500ms`, `30s`, `15m`, `12h`, `90d`.
+/// A duration as people write it, in humantime's syntax: `500ms`, `30s`, `15m`, `12h`, `90d`,
+/// `1h 30m`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub std::time::Duration);
+
+/// The JSON Schema `format` of a [`HumanDuration`], checked by [`HumanDuration::parse`].
+const DURATION_FORMAT: &str = "human-duration";
 
 impl HumanDuration {
     pub const fn secs(s: u64) -> Self {
         HumanDuration(std::time::Duration::from_secs(s))
     }
 
-    /// Parses `<digits><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
+    /// Parses one or more `<number><unit>` terms, such as `90d` or `1h 30m`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("expected a duration such as 30s, 15m or 90d, got {text:?}"))?;
-        let ms = match unit {
-            "ms" => Some(n),
-            "s" => n.checked_mul(1000),
-            "m" => n.checked_mul(60_000),
-            "h" => n.checked_mul(3_600_000),
-            "d" => n.checked_mul(86_400_000),
-            _ => {
-                return Err(format!(
-                    "expected a duration with a unit (ms, s, m, h or d), such as 30s, got {text:?}"
-                ));
-            }
-        }
-        .ok_or_else(|| format!("the duration {text:?} is too long"))?;
-        Ok(HumanDuration(std::time::Duration::from_millis(ms)))
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                format!("expected a duration such as 30s, 15m or 1h 30m, got {text:?}: {e}")
+            })
     }
 }
 
@@ -190,18 +177,7 @@ impl fmt::Debug for HumanDuration {
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        for (unit, size) in [
-            ("d", 86_400_000),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1000),
-        ] {
-            if ms > 0 && ms.is_multiple_of(size) {
-                return write!(f, "{}{unit}", ms / size);
-            }
-        }
-        write!(f, "{ms}ms")
+        write!(f, "{}", humantime::format_duration(self.0))
     }
 }
 
@@ -225,8 +201,8 @@ impl JsonSchema for HumanDuration {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": "^[0-9]+(ms|s|m|h|d)$",
-            "description": "A number and a unit: ms, s, m, h or d (e.g. 30s, 90d)."
+            "format": DURATION_FORMAT,
+            "description": "One or more numbers with a unit (ms, s, m, h, d, w, ...), e.g. 30s, 90d, 1h 30m."
         })
     }
 }
@@ -425,7 +401,11 @@ pub fn settings_schema() -> &'static Value {
 fn settings_validator() -> &'static jsonschema::Validator {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
     V.get_or_init(|| {
-        jsonschema::validator_for(settings_schema()).expect("the settings schema compiles")
+        jsonschema::options()
+            .should_validate_formats(true)
+            .with_format(DURATION_FORMAT, |text| HumanDuration::parse(text).is_ok())
+            .build(settings_schema())
+            .expect("the settings schema compiles")
     })
 }
 
@@ -687,7 +667,7 @@ mod tests {
     #[test]
     fn durations_have_units_and_lower_bounds() {
         let s = load(
-            "retention: {max_age: 90d}\ninstances: {lease: 10s}\n",
+            "retention: {max_age: 90d, interval: 1h 30m}\ninstances: {lease: 10s}\n",
             &[("ARES_DATABASE_TIMEOUT", "1500ms")],
         )
         .unwrap();
@@ -695,9 +675,10 @@ mod tests {
             s.retention.max_age.unwrap().0,
             std::time::Duration::from_secs(90 * 86_400)
         );
+        assert_eq!(s.retention.interval.0, std::time::Duration::from_secs(5400));
         assert_eq!(s.instances.lease.0, std::time::Duration::from_secs(10));
         assert_eq!(s.database.timeout.0, std::time::Duration::from_millis(1500));
-        assert_eq!(s.database.timeout.to_string(), "1500ms");
+        assert_eq!(s.database.timeout.to_string(), "1s 500ms");
         assert_eq!(HumanDuration::secs(7200).to_string(), "2h");
         assert!(HumanDuration::parse("10").is_err());
         assert!(HumanDuration::parse("99999999999999999999d").is_err());
@@ -706,15 +687,58 @@ mod tests {
             &[("ARES_RETENTION_MAX_AGE", "soon")],
         )
         .unwrap_err();
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(
-            errs[0].starts_with("$ARES_RETENTION_MAX_AGE: /retention/max_age: "),
-            "{errs:?}"
+        assert_eq!(
+            errs,
+            vec![
+                "$ARES_RETENTION_MAX_AGE: /retention/max_age: \"soon\" is not a \"human-duration\""
+            ]
         );
         let errs = load("instances: {lease: 10ms}\n", &[]).unwrap_err();
         assert_eq!(
             errs,
             vec!["ares.yaml:1:20: /instances/lease: expected at least 1s, got 10ms"]
+        );
+    }
+
+    #[test]
+    fn durations_read_as_written_and_print_back() {
+        let minutes = std::time::Duration::from_secs(60);
+        for (text, expected) in [
+            ("15m", 15 * minutes),
+            ("15min", 15 * minutes),
+            (" 2h ", 120 * minutes),
+            ("1.5h", 90 * minutes),
+            ("1w", 7 * 24 * 60 * minutes),
+            ("250ms", std::time::Duration::from_millis(250)),
+        ] {
+            assert_eq!(
+                HumanDuration::parse(text),
+                Ok(HumanDuration(expected)),
+                "{text}"
+            );
+        }
+        // `M` is a month (30.44 days), not a minute.
+        assert_eq!(
+            HumanDuration::parse("1M").unwrap().0,
+            std::time::Duration::from_secs(2_630_016)
+        );
+        for text in ["90d", "1h 30m", "1s 500ms", "2months 3days"] {
+            let d = HumanDuration::parse(text).unwrap();
+            assert_eq!(HumanDuration::parse(&d.to_string()), Ok(d), "{text} -> {d}");
+        }
+        let e = HumanDuration::parse("30 parsecs").unwrap_err();
+        assert!(e.starts_with("expected a duration such as 30s, 15m or 1h 30m, got \"30 parsecs\": unknown time unit \"parsecs\""), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_is_reported_with_the_other_schema_errors() {
+        let errs = load("quotas: {runs: many}\nretention: {interval: soon}\n", &[]).unwrap_err();
+        assert_eq!(
+            errs,
+            vec![
+                "ares.yaml:1:16: /quotas/runs: expected an integer of at least 0, got \"many\"",
+                "ares.yaml:2:23: /retention/interval: \"soon\" is not a \"human-duration\"",
+            ]
         );
     }
 

@@ -1,11 +1,15 @@
 //! Prometheus metrics: requests by route and status, latency, runs by status, tokens.
+//!
+//! Each [`Metrics`] records into its own `metrics` recorder (never the process-wide one, so
+//! servers sharing a process keep apart) and renders it with `metrics-exporter-prometheus`,
+//! which escapes label values.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use metrics_facade::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -13,20 +17,55 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+const REQUESTS: &str = "ares_http_requests_total";
+const LATENCY: &str = "ares_http_request_duration_seconds";
+const RUNS: &str = "ares_runs_total";
+const TOKENS: &str = "ares_tokens_total";
+const TOOL_CALLS: &str = "ares_tool_calls_total";
+const RATE_LIMITED: &str = "ares_rate_limited_total";
+
+/// Latency samples wait in the recorder until they are folded into the histogram's buckets,
+/// which rendering does; folding every this many requests too bounds that memory when nothing
+/// scrapes `/metrics`.
+const FOLD_EVERY: u64 = 1024;
+
+/// The label value of every tool name that is not a built-in tool: names come from models.
+const UNKNOWN_TOOL: &str = "unknown";
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    /// Requests recorded, to fold latency samples every [`FOLD_EVERY`].
+    requests: AtomicU64,
 }
 
-#[derive(Default)]
-pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    runs: Mutex<BTreeMap<String, u64>>,
-    tokens: AtomicU64,
-    rate_limited: AtomicU64,
+impl Default for Metrics {
+    fn default() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .expect("the buckets are not empty")
+            .build_recorder();
+        metrics_facade::with_local_recorder(&recorder, || {
+            describe_counter!(REQUESTS, "HTTP requests by route, method and status.");
+            describe_histogram!(LATENCY, "Time to the response head, by route.");
+            describe_counter!(RUNS, "Agent runs by final status.");
+            describe_counter!(TOKENS, "Model tokens used by runs and chats.");
+            describe_counter!(
+                TOOL_CALLS,
+                "Tool calls made for models, by tool and outcome."
+            );
+            describe_counter!(
+                RATE_LIMITED,
+                "Requests refused because their API key exceeded its rate limit."
+            );
+            // Exposed from the start, at 0.
+            counter!(TOKENS).increment(0);
+            counter!(RATE_LIMITED).increment(0);
+        });
+        Metrics {
+            recorder,
+            requests: AtomicU64::new(0),
+        }
+    }
 }
 
 /// One more sample to expose: name, type (`counter` or `gauge`), help, value.
@@ -83,131 +122,64 @@ fn method_label(m: &poem::http::Method) -> &'static str {
 }
 
 impl Metrics {
+    /// Runs `record` with this server's recorder as the one the `metrics` macros use.
+    fn with<T>(&self, record: impl FnOnce() -> T) -> T {
+        metrics_facade::with_local_recorder(&self.recorder, record)
+    }
+
     pub fn record_request(&self, route: String, method: &'static str, status: u16, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((route.clone(), method, status))
-            .or_default() += 1;
-        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let h = latency.entry(route).or_default();
-        if h.counts.is_empty() {
-            h.counts = vec![0; BUCKETS.len()];
+        self.with(|| {
+            let status = status.to_string();
+            counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+                .increment(1);
+            metrics_facade::histogram!(LATENCY, "route" => route).record(seconds);
+        });
+        if self.requests.fetch_add(1, Ordering::Relaxed) % FOLD_EVERY == FOLD_EVERY - 1 {
+            self.recorder.handle().run_upkeep();
         }
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += seconds;
-        h.count += 1;
     }
 
     pub fn record_run(&self, status: &str, tokens: u64) {
-        *self
-            .runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(status.to_string())
-            .or_default() += 1;
+        self.with(|| counter!(RUNS, "status" => status.to_string()).increment(1));
         self.record_tokens(tokens);
     }
 
     pub fn record_tokens(&self, tokens: u64) {
-        self.tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.with(|| counter!(TOKENS).increment(tokens));
     }
 
     /// Counts a request refused by its key's rate limit.
     pub fn rate_limited(&self) {
-        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.with(|| counter!(RATE_LIMITED).increment(1));
     }
 
     /// The Prometheus text exposition, with the engine's tool-call counts and `extra` samples.
+    ///
+    /// Tool names come from models' answers: only built-in tools get a label value of their
+    /// own, every other name counts under `unknown`, so the label values stay few.
     pub fn render(&self, tool_calls: &[((String, &'static str), u64)], extra: &[Sample]) -> String {
-        let mut out = String::new();
-        let rate_limited: Sample = (
-            "ares_rate_limited_total",
-            "counter",
-            "Requests refused because their API key exceeded its rate limit.",
-            self.rate_limited.load(Ordering::Relaxed),
-        );
-        for (name, kind, help, value) in extra.iter().chain([&rate_limited]) {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        out.push_str(
-            "# HELP ares_http_requests_total HTTP requests by route, method and status.\n",
-        );
-        out.push_str("# TYPE ares_http_requests_total counter\n");
-        for ((route, method, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "ares_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-            );
-        }
-        out.push_str(
-            "# HELP ares_http_request_duration_seconds Time to the response head, by route.\n",
-        );
-        out.push_str("# TYPE ares_http_request_duration_seconds histogram\n");
-        for (route, h) in self
-            .latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            for (bound, n) in BUCKETS.iter().zip(&h.counts) {
-                let _ = writeln!(
-                    out,
-                    "ares_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "ares_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "ares_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "ares_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
-            );
-        }
-        out.push_str("# HELP ares_runs_total Agent runs by final status.\n");
-        out.push_str("# TYPE ares_runs_total counter\n");
-        for (status, n) in self.runs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "ares_runs_total{{status=\"{status}\"}} {n}");
-        }
-        out.push_str("# HELP ares_tokens_total Model tokens used by runs and chats.\n");
-        out.push_str("# TYPE ares_tokens_total counter\n");
-        let _ = writeln!(
-            out,
-            "ares_tokens_total {}",
-            self.tokens.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP ares_tool_calls_total Tool calls made for models, by tool and outcome.\n",
-        );
-        out.push_str("# TYPE ares_tool_calls_total counter\n");
+        let mut by_tool: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
         for ((tool, outcome), n) in tool_calls {
-            let _ = writeln!(
-                out,
-                "ares_tool_calls_total{{tool=\"{tool}\",outcome=\"{outcome}\"}} {n}"
-            );
+            let tool = crate::tools::names()
+                .find(|name| *name == tool.as_str())
+                .unwrap_or(UNKNOWN_TOOL);
+            *by_tool.entry((tool, *outcome)).or_default() += n;
         }
-        out
+        self.with(|| {
+            for ((tool, outcome), n) in by_tool {
+                counter!(TOOL_CALLS, "tool" => tool, "outcome" => outcome).absolute(n);
+            }
+            for &(name, kind, help, value) in extra {
+                if kind == "gauge" {
+                    describe_gauge!(name, help);
+                    gauge!(name).set(value as f64);
+                } else {
+                    describe_counter!(name, help);
+                    counter!(name).absolute(value);
+                }
+            }
+        });
+        self.recorder.handle().render()
     }
 }
 
@@ -263,14 +235,20 @@ mod tests {
         m.rate_limited();
         let text = m.render(
             &[(("calculator".to_string(), "ok"), 2)],
-            &[(
-                "ares_database_up",
-                "gauge",
-                "Whether the database answers.",
-                1,
-            )],
+            &[
+                (
+                    "ares_database_up",
+                    "gauge",
+                    "Whether the database answers.",
+                    1,
+                ),
+                ("ares_history_purged_total", "counter", "Purged.", 7),
+            ],
         );
         assert!(text.contains("# TYPE ares_database_up gauge\nares_database_up 1\n"));
+        assert!(text.contains(
+            "# HELP ares_history_purged_total Purged.\n# TYPE ares_history_purged_total counter\nares_history_purged_total 7\n"
+        ));
         assert!(text.contains("ares_rate_limited_total 1\n"));
         assert!(text.contains(
             "ares_http_requests_total{route=\"/v1/usage\",method=\"GET\",status=\"200\"} 1"
@@ -281,8 +259,131 @@ mod tests {
         assert!(text.contains(
             "ares_http_request_duration_seconds_bucket{route=\"/v1/usage\",le=\"0.001\"} 0"
         ));
+        assert!(text.contains(
+            "ares_http_request_duration_seconds_bucket{route=\"/v1/usage\",le=\"+Inf\"} 1\n\
+             ares_http_request_duration_seconds_sum{route=\"/v1/usage\"} 0.002\n\
+             ares_http_request_duration_seconds_count{route=\"/v1/usage\"} 1\n"
+        ));
         assert!(text.contains("ares_runs_total{status=\"completed\"} 1"));
         assert!(text.contains("ares_tokens_total 10"));
         assert!(text.contains("ares_tool_calls_total{tool=\"calculator\",outcome=\"ok\"} 2"));
+    }
+
+    #[test]
+    fn every_metric_keeps_its_help_type_and_buckets() {
+        let m = Metrics::default();
+        m.record_request("/v1/usage".into(), "GET", 200, 0.002);
+        m.record_run("completed", 10);
+        let text = m.render(&[(("calculator".to_string(), "ok"), 1)], &[]);
+        for (name, kind, help) in [
+            (
+                REQUESTS,
+                "counter",
+                "HTTP requests by route, method and status.",
+            ),
+            (LATENCY, "histogram", "Time to the response head, by route."),
+            (RUNS, "counter", "Agent runs by final status."),
+            (TOKENS, "counter", "Model tokens used by runs and chats."),
+            (
+                TOOL_CALLS,
+                "counter",
+                "Tool calls made for models, by tool and outcome.",
+            ),
+            (
+                RATE_LIMITED,
+                "counter",
+                "Requests refused because their API key exceeded its rate limit.",
+            ),
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")),
+                "{name}:\n{text}"
+            );
+        }
+        let bounds: Vec<f64> = text
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix(
+                    "ares_http_request_duration_seconds_bucket{route=\"/v1/usage\",le=\"",
+                )
+            })
+            .filter_map(|l| l.split('"').next()?.parse().ok())
+            .filter(|bound: &f64| bound.is_finite())
+            .collect();
+        assert_eq!(bounds, BUCKETS);
+        assert!(text.contains("ares_rate_limited_total 0\n"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.record_request("/a\"b\\c\nd".into(), "GET", 200, 0.1);
+        m.record_run("odd\"\n", 0);
+        let text = m.render(&[], &[]);
+        assert!(
+            text.contains(
+                "ares_http_requests_total{route=\"/a\\\"b\\\\c\\nd\",method=\"GET\",status=\"200\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ares_runs_total{status=\"odd\\\"\\n\"} 1\n"),
+            "{text}"
+        );
+        // Every line is still a comment or a sample: nothing spilled onto a line of its own.
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            assert!(line.starts_with("ares_"), "{line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn tools_that_are_not_built_in_count_as_unknown() {
+        let m = Metrics::default();
+        let calls = [
+            (("calculator".to_string(), "ok"), 2),
+            (("rm -rf /".to_string(), "error"), 1),
+            (("a\"b".to_string(), "error"), 3),
+            (("search_the_web".to_string(), "ok"), 4),
+        ];
+        let text = m.render(&calls, &[]);
+        let tool_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ares_tool_calls_total{"))
+            .collect();
+        assert_eq!(tool_lines.len(), 3, "{text}");
+        for line in [
+            "ares_tool_calls_total{tool=\"calculator\",outcome=\"ok\"} 2",
+            "ares_tool_calls_total{tool=\"unknown\",outcome=\"error\"} 4",
+            "ares_tool_calls_total{tool=\"unknown\",outcome=\"ok\"} 4",
+        ] {
+            assert!(tool_lines.contains(&line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_server_has_its_own_recorder() {
+        let (a, b) = (Metrics::default(), Metrics::default());
+        a.record_tokens(5);
+        assert!(a.render(&[], &[]).contains("ares_tokens_total 5\n"));
+        assert!(b.render(&[], &[]).contains("ares_tokens_total 0\n"));
+    }
+
+    #[test]
+    fn folding_samples_between_renders_loses_none() {
+        let m = Metrics::default();
+        let n = FOLD_EVERY * 2 + 3;
+        for _ in 0..n {
+            m.record_request("/v1/usage".into(), "GET", 200, 0.002);
+        }
+        let text = m.render(&[], &[]);
+        assert!(
+            text.contains(&format!(
+                "ares_http_request_duration_seconds_count{{route=\"/v1/usage\"}} {n}\n"
+            )),
+            "{text}"
+        );
     }
 }

@@ -346,57 +346,51 @@ pub fn keys_prefix() -> &'static str {
     keys::SECRET_PREFIX
 }
 
-/// A URL without its `user:pass@` part, and those credentials (percent-decoded) when present.
-fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return (url.to_string(), None);
-    };
-    let authority_end = url[scheme_end..]
-        .find('/')
-        .map_or(url.len(), |i| scheme_end + i);
-    let Some(at) = url[scheme_end..authority_end]
-        .rfind('@')
-        .map(|i| scheme_end + i)
-    else {
-        return (url.to_string(), None);
-    };
-    let userinfo = &url[scheme_end..at];
-    let stripped = format!("{}{}", &url[..scheme_end], &url[at + 1..]);
-    let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    (stripped, Some((percent_decode(user), percent_decode(pass))))
+/// `text` parsed as a URL, and kept when it carries credentials (`user:pass@`).
+fn with_credentials(text: &str) -> Result<Option<url::Url>, url::ParseError> {
+    let url = url::Url::parse(text)?;
+    Ok((!url.username().is_empty() || url.password().is_some()).then_some(url))
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
+/// `url` with `user` (empty for none) and no password, written as `text` was: the parser
+/// gives a server URL written without a path the root path `/`.
+fn replace_credentials(mut url: url::Url, user: &str, text: &str) -> String {
+    // Only URLs without a host refuse credentials, and those never carried any.
+    let _ = url.set_password(None);
+    let _ = url.set_username(user);
+    let mut out = String::from(url);
+    if out.ends_with('/') && !text.ends_with('/') {
+        out.pop();
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// A URL without its `user:pass@` part, and those credentials (percent-decoded) when present.
+/// Any other text, such as an embedded engine's `surrealkv://data` or `memory`, comes back as
+/// it is.
+fn split_credentials(text: &str) -> (String, Option<(String, String)>) {
+    let Ok(Some(url)) = with_credentials(text) else {
+        return (text.to_string(), None);
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = (
+        decode(url.username()),
+        decode(url.password().unwrap_or_default()),
+    );
+    (replace_credentials(url, "", text), Some(credentials))
 }
 
 /// A database URL without its password, for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
+pub fn redact_url(text: &str) -> String {
+    match with_credentials(text) {
+        Ok(Some(url)) => replace_credentials(url, "***", text),
+        // Not a URL, so never connected to; it may still hold a password.
+        Err(_) if text.contains('@') => "(an unparsable URL)".to_string(),
+        _ => text.to_string(),
     }
 }
 
@@ -422,6 +416,52 @@ mod tests {
             ("surrealkv://data".to_string(), None)
         );
         assert_eq!(redact_url("ws://ares:secret@h:1"), "ws://***@h:1");
+    }
+
+    #[test]
+    fn encoded_credentials_and_paths_survive() {
+        assert_eq!(
+            split_credentials("ws://ares:p%40s%3As%2Fw@db:8000"),
+            (
+                "ws://db:8000".to_string(),
+                Some(("ares".to_string(), "p@s:s/w".to_string()))
+            )
+        );
+        assert_eq!(
+            split_credentials("wss://r%C3%A9mi:x@db.example.com/rpc"),
+            (
+                "wss://db.example.com/rpc".to_string(),
+                Some(("rémi".to_string(), "x".to_string()))
+            )
+        );
+        assert_eq!(
+            split_credentials("ws://ares@db:8000/"),
+            (
+                "ws://db:8000/".to_string(),
+                Some(("ares".to_string(), String::new()))
+            )
+        );
+        assert_eq!(
+            redact_url("wss://ares:p%40s%3As%2Fw@db.example.com/rpc"),
+            "wss://***@db.example.com/rpc"
+        );
+        // An `@` after the host is not a credential.
+        assert_eq!(redact_url("ws://db:8000/a@b"), "ws://db:8000/a@b");
+        assert_eq!(redact_url("ws://ares:pw@[db"), "(an unparsable URL)");
+    }
+
+    #[test]
+    fn embedded_urls_come_out_as_written() {
+        for url in [
+            "surrealkv://data",
+            "surrealkv:///var/lib/ares",
+            "surrealkv://./data/ares",
+            "mem://",
+            "memory",
+        ] {
+            assert_eq!(split_credentials(url), (url.to_string(), None));
+            assert_eq!(redact_url(url), url);
+        }
     }
 
     #[test]

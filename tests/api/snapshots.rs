@@ -1,86 +1,106 @@
-//! Snapshots of every endpoint's success and error bodies, ids and times redacted.
-//! `CI=true` never writes snapshots: a change is reviewed and committed by a person.
+//! Snapshots of every endpoint's success and error bodies. insta redacts ids and times once
+//! each has been checked for its shape (a UUID, an RFC 3339 time, ...), so a field of the wrong
+//! shape still fails. `CI=true` never writes snapshots: a change is reviewed and committed by a
+//! person.
 
+use insta::internals::Content;
 use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN_TOKEN, Reply, TestApp, sse_events};
 
-/// Fields whose values change from run to run.
-const VOLATILE: &[&str] = &[
-    "id",
-    "agent_id",
-    "key",
-    "secret",
-    "request_id",
-    "prefix",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "last_run",
-    "last_used",
-    "expires_at",
-    "period_start",
-    "period_end",
-    "date",
-    "duration_ms",
+/// Whether a value has the shape its field must have.
+type Shape = fn(&Content) -> bool;
+
+/// Fields whose values change from run to run, at any depth, and the shape each must have.
+const VOLATILE: &[(&str, Shape)] = &[
+    ("id", is_uuid),
+    ("agent_id", is_uuid),
+    ("key", is_uuid),
+    ("request_id", is_uuid),
+    ("secret", is_secret),
+    ("prefix", is_key_prefix),
+    ("created_at", is_time),
+    ("started_at", is_time),
+    ("finished_at", is_time),
+    ("last_run", is_time),
+    ("last_used", is_time),
+    ("expires_at", is_time),
+    ("period_start", is_time),
+    ("period_end", is_time),
+    ("date", is_date),
+    ("duration_ms", |v| v.as_u64().is_some()),
 ];
 
-/// Replaces RFC 3339 timestamps inside a text (`2026-12-01T00:00:00Z`) with `[timestamp]`.
-fn redact_times(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < b.len() {
-        let is_stamp = b.len() >= i + 20
-            && b[i..i + 4].iter().all(u8::is_ascii_digit)
-            && b[i + 4] == b'-'
-            && b[i + 10] == b'T'
-            && b[i + 13] == b':';
-        if is_stamp {
-            let mut j = i + 19;
-            while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
-                j += 1;
-            }
-            if j < b.len() && b[j] == b'Z' {
-                j += 1;
-            }
-            out.push_str("[timestamp]");
-            i = j;
-        } else {
-            let c = s[i..].chars().next().unwrap();
-            out.push(c);
-            i += c.len_utf8();
-        }
-    }
-    out
+fn is_uuid(v: &Content) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.len() == 36 && uuid::Uuid::parse_str(s).is_ok())
 }
 
-fn redact(v: &Value) -> Value {
-    match v {
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| {
-                    let v = if VOLATILE.contains(&k.as_str()) && !v.is_null() {
-                        json!(format!("[{k}]"))
-                    } else {
-                        redact(v)
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(redact).collect()),
-        Value::String(s) => Value::String(redact_times(s)),
-        other => other.clone(),
+fn is_time(v: &Content) -> bool {
+    v.as_str().is_some_and(is_rfc3339)
+}
+
+fn is_rfc3339(s: &str) -> bool {
+    chrono::DateTime::parse_from_rfc3339(s).is_ok()
+}
+
+fn is_date(v: &Content) -> bool {
+    v.as_str()
+        .is_some_and(|s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok())
+}
+
+/// `ares_` and `len` letters or digits.
+fn is_key_text(v: &Content, len: usize) -> bool {
+    v.as_str()
+        .and_then(|s| s.strip_prefix("ares_"))
+        .is_some_and(|rest| rest.len() == len && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn is_secret(v: &Content) -> bool {
+    is_key_text(v, 43)
+}
+
+fn is_key_prefix(v: &Content) -> bool {
+    is_key_text(v, 4)
+}
+
+/// Settings that replace each volatile field with `[field]` after checking its shape; a null
+/// stays null.
+fn redactions() -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    for &(field, shape) in VOLATILE {
+        settings.add_redaction(
+            &format!(".**.{field}"),
+            insta::dynamic_redaction(move |value, path| {
+                if value.is_nil() {
+                    return value;
+                }
+                assert!(shape(&value), "{path} has the wrong shape: {value:?}");
+                Content::from(format!("[{field}]"))
+            }),
+        );
     }
+    settings
+}
+
+/// A message ending in an RFC 3339 time, the time replaced with `[timestamp]`.
+fn redact_trailing_time(value: Content, path: insta::internals::ContentPath<'_>) -> String {
+    let message = value.as_str().unwrap_or_default();
+    let (text, time) = message.rsplit_once(' ').unwrap_or_default();
+    assert!(
+        is_rfc3339(time),
+        "{path} does not end in a time: {message:?}"
+    );
+    format!("{text} [timestamp]")
 }
 
 fn shot(r: &Reply) -> Value {
-    json!({"status": r.status, "body": redact(&r.body)})
+    json!({"status": r.status, "body": r.body})
 }
 
 #[tokio::test]
 async fn every_endpoint_success_and_error_body() {
+    let _redactions = redactions().bind_to_scope();
     let app = TestApp::spawn().await;
     let created = app
         .post(
@@ -185,7 +205,8 @@ async fn every_endpoint_success_and_error_body() {
     }
     insta::assert_json_snapshot!(
         "run_quota_exceeded",
-        shot(&app.run_agent(&key, "echo", json!({"message": "m"})).await)
+        shot(&app.run_agent(&key, "echo", json!({"message": "m"})).await),
+        {".body.error.message" => insta::dynamic_redaction(redact_trailing_time)}
     );
 
     insta::assert_json_snapshot!(
