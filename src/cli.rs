@@ -222,12 +222,18 @@ pub fn openapi_text(admin: bool, json: bool) -> String {
 }
 
 fn init_logs() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ARES_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let out = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        .with_filter(crate::engine::CloseNotice);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(out)
         .try_init();
 }
 
@@ -244,14 +250,28 @@ fn block_on_code(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>)
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(f) {
+    let code = match runtime.block_on(f) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // Tasks still holding the store end with the runtime; then the embedded engine shuts down
+    // (its log synced, its files closed) before the process exits.
+    crate::engine::begin_close();
+    runtime.shutdown_timeout(CLOSE_WITHIN);
+    if !crate::engine::wait_closed(CLOSE_WITHIN) {
+        tracing::warn!(
+            "the database did not close within {} s",
+            CLOSE_WITHIN.as_secs()
+        );
     }
+    code
 }
+
+/// How long an exiting command waits for its tasks to end and then for the database to close.
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn settings_or_exit(global: &GlobalArgs) -> anyhow::Result<Settings> {
     global

@@ -9,9 +9,7 @@ use tokio::net::TcpListener;
 use crate::api::App;
 use crate::api::metrics::Metrics;
 use crate::config::Settings;
-use crate::engine::{Engine, SystemClock};
-use crate::llm::Models;
-use crate::store::Store;
+use crate::engine::Engine;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const GRACE: Duration = Duration::from_secs(30);
@@ -35,20 +33,6 @@ impl Application {
                 metrics: Arc::new(Metrics::default()),
             }),
         }
-    }
-
-    /// Builds with the given model routes instead of the settings' providers (tests script them).
-    pub fn with_models(
-        settings: Settings,
-        store: Store,
-        models: Models,
-    ) -> anyhow::Result<Application> {
-        Ok(Self::new(Engine::new(
-            settings,
-            store,
-            models,
-            Arc::new(SystemClock),
-        )?))
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and

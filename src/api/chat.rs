@@ -11,8 +11,7 @@ use super::error::responses;
 use super::wire::document_example;
 use super::wire::{JsonBody, Sse};
 use super::{ApiTags, App};
-use crate::engine::{ChatChunk, ChatInput};
-use crate::llm::{Message, Role};
+use crate::engine::{ChatChunk, ChatInput, Message, Role};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]

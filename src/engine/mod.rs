@@ -19,6 +19,7 @@ mod telemetry;
 mod tenants;
 mod tool_loop;
 mod usage;
+mod validate;
 
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ use chrono::{DateTime, Utc};
 
 use crate::agents::{AgentRegistry, Catalog, ReloadStatus, ReloadWatcher};
 use crate::config::Settings;
-use crate::llm::{Message, Models};
+use crate::llm::Models;
 use crate::store::Store;
 
 pub use agents::AgentView;
@@ -39,6 +40,13 @@ pub use keys::Caller;
 pub use telemetry::Figures;
 pub use tenants::NewTenant;
 pub use usage::UsageReport;
+pub use validate::{agent_schema, validate_agents};
+
+/// The words of a conversation.
+pub use crate::llm::{Message, Role};
+
+/// Closing the database before the process exits.
+pub use crate::store::{CloseNotice, begin_close, wait_closed};
 
 /// The records and values the use cases answer with.
 pub use crate::store::{

@@ -5,27 +5,35 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Tool calls made so far, by tool and outcome (`ok` or `error`).
+/// Tool calls made so far, by tool and outcome (`ok` or `error`). Tool names come from
+/// models' answers: a built-in tool is counted under its name, any other name under
+/// [`UNKNOWN_TOOL`], so the counts stay few whatever a model asks for.
 #[derive(Default)]
-pub(crate) struct ToolCalls(Mutex<BTreeMap<(String, &'static str), u64>>);
+pub(crate) struct ToolCalls(Mutex<BTreeMap<(&'static str, &'static str), u64>>);
+
+/// The tool name counted for every name that is not a built-in tool.
+pub const UNKNOWN_TOOL: &str = "unknown";
 
 impl ToolCalls {
     pub(crate) fn record(&self, tool: &str, ok: bool) {
+        let tool = crate::tools::names()
+            .find(|name| *name == tool)
+            .unwrap_or(UNKNOWN_TOOL);
         let outcome = if ok { "ok" } else { "error" };
         *self
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((tool.to_string(), outcome))
+            .entry((tool, outcome))
             .or_default() += 1;
     }
 
-    fn snapshot(&self) -> Vec<((String, &'static str), u64)> {
+    fn snapshot(&self) -> Vec<((&'static str, &'static str), u64)> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (*k, *v))
             .collect()
     }
 }
@@ -45,7 +53,7 @@ pub(crate) struct Ops {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Figures {
     /// `((tool, outcome), calls)`, by tool.
-    pub tool_calls: Vec<((String, &'static str), u64)>,
+    pub tool_calls: Vec<((&'static str, &'static str), u64)>,
     /// Whether the store takes the database to be reachable.
     pub database_up: bool,
     pub pending_records: u64,
@@ -69,5 +77,29 @@ impl Telemetry {
             interrupted_runs: load(&self.ops.interrupted_runs),
             purged: load(&self.ops.purged),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ToolCalls, UNKNOWN_TOOL};
+
+    #[test]
+    fn tools_that_are_not_built_in_count_as_unknown() {
+        let calls = ToolCalls::default();
+        calls.record("calculator", true);
+        calls.record("calculator", true);
+        for name in ["rm -rf /", "a\"b", "search_the_web"] {
+            calls.record(name, false);
+        }
+        calls.record("search_the_web", true);
+        assert_eq!(
+            calls.snapshot(),
+            [
+                (("calculator", "ok"), 2),
+                ((UNKNOWN_TOOL, "error"), 3),
+                ((UNKNOWN_TOOL, "ok"), 1)
+            ]
+        );
     }
 }

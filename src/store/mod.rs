@@ -4,6 +4,7 @@
 //! (`surrealkv://` embedded on disk, `mem://`, `ws://` for a SurrealDB server).
 
 mod check;
+mod close;
 mod instances;
 mod keys;
 mod ledger;
@@ -29,6 +30,7 @@ use surrealdb::engine::any::Any;
 use crate::config::DatabaseSettings;
 
 pub use check::{CheckReport, Violation};
+pub use close::{CloseNotice, begin_close, wait_closed};
 pub use instances::{INTERRUPTED, Reaped};
 pub use keys::{ApiKey, KeyAuth, NewKey, generate_secret, hash_secret, key_prefix};
 pub use records::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus};
@@ -84,23 +86,25 @@ fn is_remote(url: &str) -> bool {
 /// On a runtime of their own they cannot stall the request threads, and they outlive the
 /// runtime that opened the store. Queries still run on the caller's task.
 fn background_runtime() -> Result<&'static tokio::runtime::Handle> {
-    // A static is never dropped: a runtime must not be dropped inside async code.
-    static RUNTIME: std::sync::LazyLock<std::io::Result<tokio::runtime::Runtime>> =
-        std::sync::LazyLock::new(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("ares-store")
-                .thread_stack_size(THREAD_STACK_SIZE)
-                .enable_all()
-                .build()
-        });
-    match &*RUNTIME {
+    match BACKGROUND.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ares-store")
+            .thread_stack_size(THREAD_STACK_SIZE)
+            .enable_all()
+            .build()
+    }) {
         Ok(rt) => Ok(rt.handle()),
         Err(e) => Err(StoreError::Internal(anyhow::anyhow!(
             "starting the store's runtime: {e}"
         ))),
     }
 }
+
+/// The store's runtime, once an embedded engine was opened. A static is never dropped: a
+/// runtime must not be dropped inside async code.
+static BACKGROUND: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> =
+    std::sync::OnceLock::new();
 
 /// The handle every part of `ares` stores through.
 #[derive(Clone)]

@@ -138,6 +138,55 @@ fn tenant_create_prints_the_secret_alone_on_its_last_line() {
     assert!(stderr.contains("slug"), "{stderr}");
 }
 
+/// An operator's command needs the database alone: a broken agents folder and a provider
+/// whose key is not set stay untouched, and the embedded database is closed before exit.
+#[test]
+fn tenant_create_loads_no_agents_nor_providers_and_closes_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("surrealkv://{}", dir.path().join("db").display());
+    let config = dir.path().join("ares.yaml");
+    std::fs::write(
+        &config,
+        "providers:\n  remote: {kind: openai, base_url: \"http://127.0.0.1:9/v1\", api_key_env: ARES_TEST_UNSET_KEY}\n\
+         models:\n  m: {provider: remote, id: m}\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let args = [
+        "--config",
+        &config,
+        "--agents",
+        "fixtures/agents-invalid",
+        "--database",
+        &db,
+        "tenant",
+        "create",
+        "acme",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_ares"))
+        .args(args)
+        .env("ARES_LOG", "info")
+        .env_remove("ARES_TEST_UNSET_KEY")
+        .output()
+        .expect("run ares");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().last().unwrap().starts_with("ares_"),
+        "{stdout}"
+    );
+    for absent in ["agents folder", "ARES_TEST_UNSET_KEY", "WARN", "ERROR"] {
+        assert!(!stderr.contains(absent), "{absent} in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains("LSM tree shutdown complete"),
+        "the database is closed before the process exits:\n{stderr}"
+    );
+}
+
 #[test]
 fn openapi_prints_both_specs() {
     let (code, v1, _) = ares(&["openapi"]);
