@@ -109,10 +109,10 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    store
-        .create_tenant("bench", "Bench", u64::MAX / 4, u64::MAX / 4, None)
-        .await?;
-    let key = store.create_key("bench", "bench", None).await?;
+    let (_, key) = store
+        .create_tenant("bench", "Bench", u64::MAX / 4, u64::MAX / 4, None, "bench")
+        .await?
+        .expect("a new database has no tenant");
     let period = Period::containing(Utc::now(), 1);
     let start = period.start.date_naive();
     let pause = match std::env::var("BENCH_PAUSE_MS") {

@@ -124,6 +124,10 @@ pub struct QuotaSettings {
     /// Requests per minute per API key (bursts up to the same number); 0 is no limit.
     #[serde(default = "default_requests_per_minute")]
     pub requests_per_minute: u64,
+    /// Requests per minute of all a tenant's keys together (bursts up to the same number);
+    /// 0 is no limit.
+    #[serde(default = "default_tenant_requests_per_minute")]
+    pub tenant_requests_per_minute: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -214,6 +218,24 @@ pub struct LimitSettings {
     #[serde(default = "default_max_body_bytes")]
     #[schemars(range(min = 1024, max = 67108864))]
     pub max_body_bytes: usize,
+    /// Largest run `input` stored, as JSON bytes; a larger one is refused with 422.
+    #[serde(default = "default_max_run_bytes")]
+    #[schemars(range(min = 1024, max = 16777216))]
+    pub max_run_input_bytes: usize,
+    /// Largest run `output` stored, as JSON bytes; a larger one fails the run.
+    #[serde(default = "default_max_run_bytes")]
+    #[schemars(range(min = 1024, max = 16777216))]
+    pub max_run_output_bytes: usize,
+    /// Live (not revoked) API keys a tenant may hold; creating one more is refused with 409.
+    #[serde(default = "default_max_keys_per_tenant")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_keys_per_tenant: u64,
+    /// Longest time a client may take to send a request's headers; then the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// Longest a connection may stay without a byte read or written; then it is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
 }
 
 /// How a provider is spoken to.
@@ -284,6 +306,21 @@ fn default_max_body_bytes() -> usize {
 fn default_requests_per_minute() -> u64 {
     1200
 }
+fn default_tenant_requests_per_minute() -> u64 {
+    6000
+}
+fn default_max_run_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_keys_per_tenant() -> u64 {
+    100
+}
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::secs(120)
+}
 fn default_database_timeout() -> HumanDuration {
     HumanDuration::secs(5)
 }
@@ -319,6 +356,7 @@ impl Default for QuotaSettings {
             runs: default_quota_runs(),
             tokens: default_quota_tokens(),
             requests_per_minute: default_requests_per_minute(),
+            tenant_requests_per_minute: default_tenant_requests_per_minute(),
         }
     }
 }
@@ -341,6 +379,11 @@ impl Default for LimitSettings {
     fn default() -> Self {
         LimitSettings {
             max_body_bytes: default_max_body_bytes(),
+            max_run_input_bytes: default_max_run_bytes(),
+            max_run_output_bytes: default_max_run_bytes(),
+            max_keys_per_tenant: default_max_keys_per_tenant(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -371,7 +414,16 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "ARES_QUOTA_REQUESTS_PER_MINUTE",
         "/quotas/requests_per_minute",
     ),
+    (
+        "ARES_QUOTA_TENANT_REQUESTS_PER_MINUTE",
+        "/quotas/tenant_requests_per_minute",
+    ),
     ("ARES_MAX_BODY_BYTES", "/limits/max_body_bytes"),
+    ("ARES_MAX_RUN_INPUT_BYTES", "/limits/max_run_input_bytes"),
+    ("ARES_MAX_RUN_OUTPUT_BYTES", "/limits/max_run_output_bytes"),
+    ("ARES_MAX_KEYS_PER_TENANT", "/limits/max_keys_per_tenant"),
+    ("ARES_HEADER_TIMEOUT", "/limits/header_timeout"),
+    ("ARES_IDLE_TIMEOUT", "/limits/idle_timeout"),
     ("ARES_RETENTION_MAX_AGE", "/retention/max_age"),
     ("ARES_RETENTION_INTERVAL", "/retention/interval"),
     ("ARES_INSTANCE_LEASE", "/instances/lease"),
@@ -385,7 +437,11 @@ fn env_kind(pointer: &str) -> EnvKind {
         | "/quotas/runs"
         | "/quotas/tokens"
         | "/quotas/requests_per_minute"
+        | "/quotas/tenant_requests_per_minute"
         | "/limits/max_body_bytes"
+        | "/limits/max_run_input_bytes"
+        | "/limits/max_run_output_bytes"
+        | "/limits/max_keys_per_tenant"
         | "/providers"
         | "/models" => EnvKind::Yaml,
         _ => EnvKind::Text,
@@ -557,6 +613,8 @@ impl Settings {
             ("/database/timeout", self.database.timeout, 100),
             ("/instances/lease", self.instances.lease, 1000),
             ("/retention/interval", self.retention.interval, 1000),
+            ("/limits/header_timeout", self.limits.header_timeout, 100),
+            ("/limits/idle_timeout", self.limits.idle_timeout, 1000),
         ];
         for (pointer, value, min_ms) in at_least {
             if value.0 < std::time::Duration::from_millis(min_ms) {

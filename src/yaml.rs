@@ -1,8 +1,10 @@
 //! Located YAML: parses a YAML document into JSON with the line and column of every node.
 //!
 //! Configuration is checked after it is parsed (JSON Schema, then semantic rules), so every
-//! error must still be able to point back into the file. This module keeps a map from each
-//! node's JSON pointer to where the node (and, for mapping entries, its key) starts.
+//! error must still be able to point back into the file. This module keeps, for each node,
+//! where it (and, for mapping entries, its key) starts. A document is bounded in nodes, text
+//! and depth, aliases expanded, so that a small file cannot make the loader allocate without
+//! bound.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -14,12 +16,22 @@ use serde_json::{Map, Number, Value};
 /// Most nodes one document may expand to (aliases included), so a few lines of anchors
 /// cannot make the loader allocate without bound.
 pub const MAX_NODES: usize = 100_000;
+/// Most bytes of text (scalars and keys) one document may expand to, aliases included.
+pub const MAX_TEXT_BYTES: usize = 8 * 1024 * 1024;
+/// Deepest nesting of collections in one document.
+pub const MAX_DEPTH: usize = 64;
 
 /// A 1-based position in a text file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pos {
     pub line: usize,
     pub column: usize,
+}
+
+impl Default for Pos {
+    fn default() -> Self {
+        Pos::START
+    }
 }
 
 impl Pos {
@@ -40,35 +52,65 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// Where a node starts, where its key starts (for a mapping entry), and the same for its
+/// children, each under its own reference token. A tree rather than a map from whole
+/// pointers: each token is kept once, so the positions take memory in proportion to the
+/// document, however deep it nests.
+#[derive(Debug, Clone, Default)]
+struct Place {
+    pos: Pos,
+    key: Option<Pos>,
+    children: Vec<(String, Place)>,
+}
+
+impl Place {
+    fn child(&self, token: &str) -> Option<&Place> {
+        self.children
+            .iter()
+            .find_map(|(t, p)| (t == token).then_some(p))
+    }
+}
+
 /// One parsed document: its JSON value and where each node starts.
 #[derive(Debug, Clone, Default)]
 pub struct Located {
     pub value: Value,
-    values: HashMap<String, Pos>,
-    keys: HashMap<String, Pos>,
+    root: Place,
+}
+
+/// The reference tokens of a JSON pointer, unescaped (RFC 6901).
+fn tokens(pointer: &str) -> impl Iterator<Item = String> + '_ {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
 }
 
 impl Located {
-    /// Where the node at `pointer` starts, or its nearest ancestor that exists in the file.
-    pub fn pos(&self, pointer: &str) -> Pos {
-        let mut p = pointer;
-        loop {
-            if let Some(pos) = self.values.get(p) {
-                return *pos;
-            }
-            match p.rfind('/') {
-                Some(i) => p = &p[..i],
-                None => return Pos::START,
+    /// The place of `pointer`'s node, or of its nearest ancestor in the file, and whether it
+    /// is the node itself.
+    fn find(&self, pointer: &str) -> (&Place, bool) {
+        let mut place = &self.root;
+        for token in tokens(pointer) {
+            match place.child(&token) {
+                Some(p) => place = p,
+                None => return (place, false),
             }
         }
+        (place, true)
+    }
+
+    /// Where the node at `pointer` starts, or its nearest ancestor that exists in the file.
+    pub fn pos(&self, pointer: &str) -> Pos {
+        self.find(pointer).0.pos
     }
 
     /// Where the key of the mapping entry at `pointer` starts (falls back to [`Self::pos`]).
     pub fn key_pos(&self, pointer: &str) -> Pos {
-        self.keys
-            .get(pointer)
-            .copied()
-            .unwrap_or_else(|| self.pos(pointer))
+        match self.find(pointer) {
+            (place, true) => place.key.unwrap_or(place.pos),
+            (place, false) => place.pos,
+        }
     }
 }
 
@@ -89,15 +131,16 @@ pub fn push_pointer(pointer: &str, token: &str) -> String {
 
 enum Frame {
     Seq {
-        pointer: String,
+        place: Place,
         anchor: usize,
         items: Vec<Value>,
     },
     Map {
-        pointer: String,
+        place: Place,
         anchor: usize,
         map: Map<String, Value>,
-        key: Option<String>,
+        /// The key whose value comes next, and where it starts.
+        key: Option<(String, Pos)>,
     },
 }
 
@@ -105,9 +148,9 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Value>,
-    root: Option<Value>,
-    out: Located,
+    root: Option<(Value, Place)>,
     nodes: usize,
+    text: usize,
 }
 
 fn err(span: &Span, message: impl Into<String>) -> YamlError {
@@ -117,33 +160,39 @@ fn err(span: &Span, message: impl Into<String>) -> YamlError {
     }
 }
 
-fn count_nodes(v: &Value) -> usize {
+/// Nodes and bytes of text of a value.
+fn size(v: &Value) -> (usize, usize) {
     match v {
-        Value::Array(a) => 1 + a.iter().map(count_nodes).sum::<usize>(),
-        Value::Object(o) => 1 + o.values().map(count_nodes).sum::<usize>(),
-        _ => 1,
+        Value::Array(a) => a
+            .iter()
+            .map(size)
+            .fold((1, 0), |x, y| (x.0 + y.0, x.1 + y.1)),
+        Value::Object(o) => o.iter().fold((1, 0), |acc, (k, v)| {
+            let (n, t) = size(v);
+            (acc.0 + n, acc.1 + t + k.len())
+        }),
+        Value::String(s) => (1, s.len()),
+        _ => (1, 0),
     }
 }
 
 impl Builder {
-    /// The pointer the next node will have, or `None` when it is a mapping key.
-    fn next_pointer(&self) -> Option<String> {
+    /// The token and key position the next node will have in its parent; `None` when the
+    /// next node is a mapping key.
+    fn next_token(&self) -> Option<(String, Option<Pos>)> {
         match self.stack.last() {
-            None => Some(String::new()),
-            Some(Frame::Seq { pointer, items, .. }) => {
-                Some(push_pointer(pointer, &items.len().to_string()))
-            }
+            None => Some((String::new(), None)),
+            Some(Frame::Seq { items, .. }) => Some((items.len().to_string(), None)),
             Some(Frame::Map {
-                pointer,
-                key: Some(k),
-                ..
-            }) => Some(push_pointer(pointer, k)),
+                key: Some((k, at)), ..
+            }) => Some((k.clone(), Some(*at))),
             Some(Frame::Map { key: None, .. }) => None,
         }
     }
 
-    fn count(&mut self, n: usize, span: &Span) -> Result<(), YamlError> {
-        self.nodes += n;
+    fn count(&mut self, nodes: usize, text: usize, span: &Span) -> Result<(), YamlError> {
+        self.nodes += nodes;
+        self.text += text;
         if self.nodes > MAX_NODES {
             return Err(err(
                 span,
@@ -152,39 +201,56 @@ impl Builder {
                 ),
             ));
         }
+        if self.text > MAX_TEXT_BYTES {
+            return Err(err(
+                span,
+                format!(
+                    "document is too large: more than {MAX_TEXT_BYTES} bytes of text once aliases are expanded"
+                ),
+            ));
+        }
         Ok(())
     }
 
-    /// Places a finished value (scalar, alias or closed container) into its parent.
-    fn place(&mut self, value: Value, span: &Span, anchor: usize) -> Result<(), YamlError> {
+    /// Places a finished value (scalar, alias or closed container) and its place into the
+    /// parent; a scalar in a mapping's key position becomes the key of the next entry.
+    fn place(
+        &mut self,
+        value: Value,
+        place: Place,
+        span: &Span,
+        anchor: usize,
+    ) -> Result<(), YamlError> {
         if anchor > 0 {
             self.anchors.insert(anchor, value.clone());
         }
         match self.stack.last_mut() {
-            None => {
-                self.root = Some(value);
+            None => self.root = Some((value, place)),
+            Some(Frame::Seq {
+                items, place: p, ..
+            }) => {
+                p.children.push((items.len().to_string(), place));
+                items.push(value);
             }
-            Some(Frame::Seq { items, .. }) => items.push(value),
             Some(Frame::Map {
-                map, key, pointer, ..
+                map, key, place: p, ..
             }) => match key.take() {
-                Some(k) => {
+                Some((k, _)) => {
+                    p.children.push((k.clone(), place));
                     map.insert(k, value);
                 }
                 None => {
                     let Value::String(k) = value else {
                         return Err(err(span, "mapping keys must be strings"));
                     };
-                    let child = push_pointer(pointer, &k);
                     if map.contains_key(&k) {
-                        let first = self.out.keys.get(&child).copied().unwrap_or(Pos::START);
+                        let first = p.child(&k).and_then(|c| c.key).unwrap_or(Pos::START);
                         return Err(err(
                             span,
                             format!("duplicate key `{k}` (first defined at line {})", first.line),
                         ));
                     }
-                    self.out.keys.insert(child, Pos::of(span));
-                    *key = Some(k);
+                    *key = Some((k, Pos::of(span)));
                 }
             },
         }
@@ -192,20 +258,30 @@ impl Builder {
     }
 
     fn start(&mut self, span: &Span, anchor: usize, seq: bool) -> Result<(), YamlError> {
-        self.count(1, span)?;
-        let Some(pointer) = self.next_pointer() else {
+        self.count(1, 0, span)?;
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(err(
+                span,
+                format!("collections are nested deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        let Some((_, key)) = self.next_token() else {
             return Err(err(span, "mapping keys must be strings"));
         };
-        self.out.values.insert(pointer.clone(), Pos::of(span));
+        let place = Place {
+            pos: Pos::of(span),
+            key,
+            children: Vec::new(),
+        };
         self.stack.push(if seq {
             Frame::Seq {
-                pointer,
+                place,
                 anchor,
                 items: Vec::new(),
             }
         } else {
             Frame::Map {
-                pointer,
+                place,
                 anchor,
                 map: Map::new(),
                 key: None,
@@ -215,19 +291,28 @@ impl Builder {
     }
 
     fn end(&mut self, span: &Span) -> Result<(), YamlError> {
-        let (value, anchor) = match self.stack.pop() {
-            Some(Frame::Seq { items, anchor, .. }) => (Value::Array(items), anchor),
-            Some(Frame::Map { map, anchor, .. }) => (Value::Object(map), anchor),
+        let (value, place, anchor) = match self.stack.pop() {
+            Some(Frame::Seq {
+                items,
+                place,
+                anchor,
+            }) => (Value::Array(items), place, anchor),
+            Some(Frame::Map {
+                map, place, anchor, ..
+            }) => (Value::Object(map), place, anchor),
             None => return Err(err(span, "unbalanced collection end")),
         };
-        self.place(value, span, anchor)
+        self.place(value, place, span, anchor)
     }
 
     fn leaf(&mut self, value: Value, span: &Span, anchor: usize) -> Result<(), YamlError> {
-        if let Some(pointer) = self.next_pointer() {
-            self.out.values.insert(pointer, Pos::of(span));
-        }
-        self.place(value, span, anchor)
+        let key = self.next_token().and_then(|(_, key)| key);
+        let place = Place {
+            pos: Pos::of(span),
+            key,
+            children: Vec::new(),
+        };
+        self.place(value, place, span, anchor)
     }
 }
 
@@ -275,11 +360,12 @@ pub fn parse(text: &str) -> Result<Located, YamlError> {
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| err(&span, "alias refers to an unknown anchor"))?;
-                b.count(count_nodes(&value), &span)?;
+                let (nodes, text) = size(&value);
+                b.count(nodes, text, &span)?;
                 b.leaf(value, &span, 0)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
-                b.count(1, &span)?;
+                b.count(1, text.len(), &span)?;
                 let value = scalar(text, style, tag.as_ref(), &span)?;
                 b.leaf(value, &span, anchor)?;
             }
@@ -288,8 +374,8 @@ pub fn parse(text: &str) -> Result<Located, YamlError> {
             Event::SequenceEnd | Event::MappingEnd => b.end(&span)?,
         }
     }
-    b.out.value = b.root.unwrap_or(Value::Null);
-    Ok(b.out)
+    let (value, root) = b.root.unwrap_or_default();
+    Ok(Located { value, root })
 }
 
 #[cfg(test)]
@@ -370,6 +456,45 @@ mod tests {
             ));
         }
         assert!(parse(&bomb).unwrap_err().message.contains("too large"));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_where_it_goes_too_deep() {
+        // 80 KB of `- - - ...`: 40,000 levels.
+        let text = format!("{}x\n", "- ".repeat(40_000));
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("deeper than 64 levels"), "{e:?}");
+        assert_eq!(
+            e.pos,
+            Pos {
+                line: 1,
+                column: 129
+            }
+        );
+        // 64 levels are fine, and each keeps its place.
+        let text = format!("{}x\n", "- ".repeat(64));
+        let doc = parse(&text).unwrap();
+        let pointer = "/0".repeat(63);
+        assert_eq!(
+            doc.pos(&pointer),
+            Pos {
+                line: 1,
+                column: 127
+            }
+        );
+    }
+
+    #[test]
+    fn aliased_text_is_bounded() {
+        let big = "y".repeat(100_000);
+        let mut text = format!("a: &big {big}\nb:\n");
+        for _ in 0..100 {
+            text.push_str("  - *big\n");
+        }
+        assert!(
+            parse(&text).unwrap_err().message.contains("bytes of text"),
+            "100 aliases of 100 KB exceed the text budget"
+        );
     }
 
     #[test]

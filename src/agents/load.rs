@@ -84,26 +84,44 @@ fn load_file(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Agent> {
     let file = path.display().to_string();
-    let bytes = match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_FILE_BYTES => {
-            diags.push(Diagnostic::file(
-                &file,
-                format!("file is larger than {MAX_FILE_BYTES} bytes"),
-            ));
+    let bytes = match read_bounded(path) {
+        Ok(b) => b,
+        Err(message) => {
+            diags.push(Diagnostic::file(&file, message));
             return None;
         }
-        _ => match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) => {
-                diags.push(Diagnostic::file(&file, format!("cannot read: {e}")));
-                return None;
-            }
-        },
     };
     parse_agent(&file, &bytes, tenant, name, catalog, diags).map(|a| Agent {
         file: path.to_path_buf(),
         ..a
     })
+}
+
+/// The bytes of a regular file (a link to one is followed), at most [`MAX_FILE_BYTES`]: a
+/// device, a pipe or a huge file is refused, never read without bound.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let regular = |m: &std::fs::Metadata| {
+        if !m.is_file() {
+            Err("not a regular file: agent files are plain files".to_string())
+        } else if m.len() > MAX_FILE_BYTES {
+            Err(format!("file is larger than {MAX_FILE_BYTES} bytes"))
+        } else {
+            Ok(())
+        }
+    };
+    // Checked before opening: opening a pipe for reading waits for a writer.
+    regular(&std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?)?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    regular(&file.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("file is larger than {MAX_FILE_BYTES} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// Checks the bytes of one agent file named `name` (its stem) of `tenant` (`None`: `_global`),
@@ -261,6 +279,37 @@ mod tests {
         }
         for bad in ["", "-a", "a-", "Risk", "a_b", "a.b", "é", &"a".repeat(65)] {
             assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    /// Devices, pipes and huge files behind agent file names are refused, never read.
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_read_and_only_so_much() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = dir.path().join("acme");
+        std::fs::create_dir(&acme).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", acme.join("zeros.yaml")).unwrap();
+        let fifo = acme.join("pipe.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let big = acme.join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        std::os::unix::fs::symlink(&big, acme.join("link.yaml")).unwrap();
+        let report = load_dir(dir.path(), &Catalog::default());
+        let messages: Vec<String> = report.diagnostics.iter().map(ToString::to_string).collect();
+        for (file, message) in [
+            ("zeros.yaml", "not a regular file"),
+            ("pipe.yaml", "not a regular file"),
+            ("big.yaml", "larger than"),
+            ("link.yaml", "larger than"),
+        ] {
+            assert!(
+                messages
+                    .iter()
+                    .any(|m| m.contains(file) && m.contains(message)),
+                "{file}: {message} in {messages:#?}"
+            );
         }
     }
 }

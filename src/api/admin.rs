@@ -10,7 +10,7 @@ use poem_openapi::{Object, OpenApi, Tags};
 use super::App;
 use super::auth::AdminAuth;
 use super::error::responses;
-use super::keys::CreatedKey;
+use super::keys::{CreateKeyRequest, CreatedKey};
 use super::wire::{JsonBody, Timestamp};
 use crate::engine::{NewTenant, Tenant, TenantPatch};
 
@@ -151,6 +151,24 @@ responses! {
     }
 }
 
+responses! {
+    IssueKeyResponse {
+        ok {
+        /// The key was created; its secret is shown only here.
+        Created(Json<CreatedKey>) = 201,
+        }
+        errors {
+            BadRequest = 400: "The body is not JSON of the right shape, or a value is out of range; the message names the field.",
+            Unauthorized = 401: "Missing or wrong admin token.",
+            NotFound = 404: "No tenant with this slug (`tenant_not_found`).",
+            Conflict = 409: "The tenant holds as many live keys as it may (`key_limit_reached`); revoke one first.",
+            TooLarge = 413: "The body is larger than the configured limit.",
+            UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
+            Unavailable = 503: "The database is unavailable.",
+        }
+    }
+}
+
 pub struct AdminApi;
 
 #[OpenApi(tag = "AdminTags::Tenants")]
@@ -219,6 +237,37 @@ impl AdminApi {
         };
         match app.engine.update_tenant(&slug.0, &patch).await {
             Ok(t) => UpdateTenantResponse::Ok(Json(t.into())),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Issue an API key for a tenant
+    ///
+    /// Creates a key for an existing tenant, as `POST /v1/api-keys` does for the tenant
+    /// itself: for a tenant that revoked or lost its last key. The secret is returned only here.
+    #[oai(
+        path = "/tenants/:slug/api-keys",
+        method = "post",
+        operation_id = "issueTenantApiKey"
+    )]
+    async fn issue_key(
+        &self,
+        app: Data<&Arc<App>>,
+        _auth: AdminAuth,
+        /// The tenant's slug.
+        slug: Path<String>,
+        body: JsonBody<CreateKeyRequest>,
+    ) -> IssueKeyResponse {
+        let body = body.0;
+        match app
+            .engine
+            .create_key(&slug.0, &body.name, body.expires_in_days)
+            .await
+        {
+            Ok(key) => {
+                tracing::info!(tenant = %slug.0, key = %key.key.id, "API key issued by the operator");
+                IssueKeyResponse::Created(Json(key.into()))
+            }
             Err(e) => e.into(),
         }
     }

@@ -51,8 +51,9 @@ error_codes! {
     UnsupportedMediaType = ("unsupported_media_type", 415, "The request body is not JSON (send Content-Type: application/json)."),
     ValidationFailed = ("validation_failed", 422, "The request is well-formed but a value is not acceptable: the message names the field and the rule."),
     AgentDisabled = ("agent_disabled", 409, "The agent exists but is disabled."),
+    KeyLimitReached = ("key_limit_reached", 409, "The tenant holds as many live API keys as it may (`limits.max_keys_per_tenant`); revoke one before creating another."),
     QuotaExceeded = ("quota_exceeded", 429, "The tenant has used its run or token quota for the current billing period."),
-    RateLimited = ("rate_limited", 429, "The API key sent more requests than its tenant's per-minute limit; retry after the `Retry-After` header's seconds."),
+    RateLimited = ("rate_limited", 429, "The API key, or all the tenant's keys together, sent more requests than their per-minute limit; retry after the `Retry-After` header's seconds."),
     UpstreamError = ("upstream_error", 502, "The model provider failed or answered with an error (chat); runs record this as a failed run instead."),
     InternalError = ("internal_error", 500, "Something failed inside ares; the cause is logged under the request id."),
     Unavailable = ("unavailable", 503, "The database cannot be reached; retry later."),
@@ -140,15 +141,10 @@ impl ApiError {
             "the database is unavailable; retry later",
         )
     }
-    pub fn rate_limited(per_minute: u64, retry_after: u64) -> Self {
+    pub fn rate_limited(message: String, retry_after: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after),
-            ..ApiError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "this API key is limited to {per_minute} requests per minute; retry after {retry_after} s"
-                ),
-            )
+            ..ApiError::new(ErrorCode::RateLimited, message)
         }
     }
 
@@ -188,13 +184,13 @@ impl From<EngineError> for ApiError {
         let message = e.to_string();
         match e {
             EngineError::Unauthorized => ApiError::unauthorized(),
-            EngineError::RateLimited {
-                per_minute,
-                retry_after,
-            } => ApiError::rate_limited(per_minute, retry_after),
+            EngineError::RateLimited { retry_after, .. } => {
+                ApiError::rate_limited(message, retry_after)
+            }
             EngineError::AgentNotFound(_) => ApiError::new(ErrorCode::AgentNotFound, message),
             EngineError::AgentDisabled(_) => ApiError::new(ErrorCode::AgentDisabled, message),
             EngineError::KeyNotFound(_) => ApiError::new(ErrorCode::ApiKeyNotFound, message),
+            EngineError::KeyLimit(_) => ApiError::new(ErrorCode::KeyLimitReached, message),
             EngineError::TenantNotFound(_) => ApiError::new(ErrorCode::TenantNotFound, message),
             EngineError::TenantExists(_) => ApiError::new(ErrorCode::Conflict, message),
             EngineError::Invalid { .. } => ApiError::validation(message),

@@ -108,6 +108,7 @@ responses! {
         errors {
             BadRequest = 400: "The body is not JSON of the right shape, or a value is out of range; the message names the field.",
             Unauthorized = 401: "Missing or invalid API key.",
+            Conflict = 409: "The tenant holds as many live keys as it may (`key_limit_reached`); revoke one first.",
             TooLarge = 413: "The body is larger than the configured limit.",
             UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
             Unavailable = 503: "The database is unavailable.",

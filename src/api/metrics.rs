@@ -76,6 +76,9 @@ pub fn route_label(path: &str) -> String {
         ["", "v1", "agents", _, tail] => format!("/v1/agents/{{name}}/{tail}"),
         ["", "v1", "api-keys", _] => "/v1/api-keys/{id}".to_string(),
         ["", "admin", "v1", "tenants", _] => "/admin/v1/tenants/{slug}".to_string(),
+        ["", "admin", "v1", "tenants", _, "api-keys"] => {
+            "/admin/v1/tenants/{slug}/api-keys".to_string()
+        }
         ["", "docs", ..] => "/docs".to_string(),
         _ => path.to_string(),
     };
@@ -91,6 +94,7 @@ pub fn route_label(path: &str) -> String {
         "/v1/api-keys/{id}",
         "/admin/v1/tenants",
         "/admin/v1/tenants/{slug}",
+        "/admin/v1/tenants/{slug}/api-keys",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::error::{EngineError, Result, invalid};
 use super::tool_loop::{Delivery, Ended, converse};
@@ -110,10 +111,21 @@ impl Engine {
     }
 
     /// A complete chat answer, recorded in usage. A provider failure is
-    /// [`EngineError::Upstream`]; the tokens it spent are still recorded.
+    /// [`EngineError::Upstream`]; the tokens it spent are still recorded. The conversation
+    /// runs in a task of its own, so a caller that goes away does not keep its tokens from
+    /// being recorded.
     #[tracing::instrument(skip(self, tenant, input), fields(tenant = %tenant.slug))]
-    pub async fn chat(&self, tenant: &Tenant, input: ChatInput) -> Result<ChatOutput> {
+    pub async fn chat(self: &Arc<Self>, tenant: &Tenant, input: ChatInput) -> Result<ChatOutput> {
         let chat = self.prepare_chat(tenant, input).await?;
+        let (engine, tenant) = (Arc::clone(self), tenant.clone());
+        tokio::spawn(async move { engine.complete_chat(&tenant, chat).await }.in_current_span())
+            .await
+            .map_err(|e| {
+                EngineError::Internal(anyhow::anyhow!("the task of a chat ended abnormally: {e}"))
+            })?
+    }
+
+    async fn complete_chat(&self, tenant: &Tenant, chat: Prepared) -> Result<ChatOutput> {
         let limit = chat.limit();
         let talk = converse(
             &chat.route,

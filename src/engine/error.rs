@@ -9,15 +9,24 @@ pub enum EngineError {
     /// The API key is missing, malformed, unknown, expired or revoked.
     #[error("unknown, expired or revoked API key")]
     Unauthorized,
-    /// The key sent more requests than its per-minute limit.
-    #[error("more than {per_minute} requests per minute; retry after {retry_after} s")]
-    RateLimited { per_minute: u64, retry_after: u64 },
+    /// The key, or all the tenant's keys together (`tenant`), sent more requests than their
+    /// per-minute limit.
+    #[error("{} limited to {per_minute} requests per minute; retry after {retry_after} s", if *.tenant { "this tenant's API keys together are" } else { "this API key is" })]
+    RateLimited {
+        per_minute: u64,
+        retry_after: u64,
+        tenant: bool,
+    },
     #[error("no agent named '{0}' in this tenant")]
     AgentNotFound(String),
     #[error("agent '{0}' is disabled")]
     AgentDisabled(String),
     #[error("no API key with id '{0}' in this tenant")]
     KeyNotFound(String),
+    #[error(
+        "the tenant already holds {0} live API keys, as many as it may (limits.max_keys_per_tenant); revoke one first"
+    )]
+    KeyLimit(u64),
     #[error("no tenant with slug '{0}'")]
     TenantNotFound(String),
     #[error("a tenant with slug '{0}' already exists")]

@@ -3,7 +3,7 @@
 
 use super::Engine;
 use super::error::{EngineError, Result};
-use crate::store::{ApiKey, NewKey, Tenant};
+use crate::store::{ApiKey, KeyCreation, NewKey, Tenant};
 
 /// Who a request's API key authenticates.
 #[derive(Debug, Clone)]
@@ -34,6 +34,19 @@ impl Engine {
             return Err(EngineError::RateLimited {
                 per_minute,
                 retry_after,
+                tenant: false,
+            });
+        }
+        // Beside each key's limit, all the tenant's keys together: more keys are no more rate.
+        let together = self.settings.quotas.tenant_requests_per_minute;
+        if let Err(retry_after) =
+            self.limiter
+                .take(&format!("tenant/{}", tenant.slug), together, now)
+        {
+            return Err(EngineError::RateLimited {
+                per_minute: together,
+                retry_after,
+                tenant: true,
             });
         }
         self.meter.count(&tenant.slug, &auth.key_id, now);
@@ -49,8 +62,9 @@ impl Engine {
         Ok(self.store.keys(&tenant.slug).await?)
     }
 
-    /// A new key of the tenant `slug`, expiring after `expires_in_days` when given; its secret
-    /// exists only in the answer.
+    /// A new key of the tenant `slug` (asked by the tenant itself, or issued by the operator),
+    /// expiring after `expires_in_days` when given; its secret exists only in the answer. A
+    /// tenant holds at most `limits.max_keys_per_tenant` live keys.
     #[tracing::instrument(skip(self))]
     pub async fn create_key(
         &self,
@@ -58,9 +72,14 @@ impl Engine {
         name: &str,
         expires_in_days: Option<u32>,
     ) -> Result<NewKey> {
-        let expires =
-            expires_in_days.map(|d| self.clock.now() + chrono::Duration::days(i64::from(d)));
-        Ok(self.store.create_key(slug, name, expires).await?)
+        let now = self.clock.now();
+        let expires = expires_in_days.map(|d| now + chrono::Duration::days(i64::from(d)));
+        let max = self.settings.limits.max_keys_per_tenant;
+        match self.store.create_key(slug, name, expires, max, now).await? {
+            KeyCreation::Created(key) => Ok(key),
+            KeyCreation::LimitReached => Err(EngineError::KeyLimit(max)),
+            KeyCreation::NoTenant => Err(EngineError::TenantNotFound(slug.to_string())),
+        }
     }
 
     /// Revokes the tenant's key `id`: the next request made with it is refused.

@@ -1,4 +1,5 @@
-//! Per-key request rate limits: a token bucket per API key, kept in this instance's memory.
+//! Request rate limits: a token bucket per API key and one per tenant (all its keys together),
+//! kept in this instance's memory.
 //!
 //! A bucket holds up to a minute's allowance and refills continuously, so a key may burst up
 //! to its per-minute limit and then send at the limit's pace. Instances do not share buckets:
@@ -15,6 +16,8 @@ const SWEEP_ABOVE: usize = 10_000;
 struct Bucket {
     tokens: f64,
     at: DateTime<Utc>,
+    /// Its size: a minute's allowance.
+    capacity: f64,
 }
 
 #[derive(Default)]
@@ -33,12 +36,17 @@ impl RateLimiter {
         let per_sec = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > SWEEP_ABOVE {
-            buckets.retain(|_, b| b.tokens + seconds_between(b.at, now) * per_sec < capacity);
+            buckets.retain(|_, b| {
+                b.tokens + seconds_between(b.at, now) * b.capacity / 60.0 < b.capacity
+            });
         }
         let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
             tokens: capacity,
             at: now,
+            capacity,
         });
+        // A limit changed since the bucket was made takes effect now.
+        bucket.capacity = capacity;
         let elapsed = seconds_between(bucket.at, now);
         bucket.tokens = (bucket.tokens + elapsed * per_sec).min(capacity);
         bucket.at = now;

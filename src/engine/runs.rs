@@ -2,17 +2,21 @@
 //! against the agent's `output_schema` (with one repair), the record and its counters; and a
 //! page of an agent's run history.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::error::{EngineError, Result, invalid};
 use super::tool_loop::{Delivery, Ended, converse};
 use super::{Engine, Listing, agent_id};
 use crate::agents::{Agent, AgentStatus};
 use crate::llm::{ChatRequest, Message, Role};
-use crate::store::{Period, RunRecord, RunStatus, StoreError, Tenant};
+use crate::store::{Period, Reservation, RunRecord, RunStatus, StoreError, Tenant};
 
 /// The user message of a run: the input's message, then its context as JSON.
 fn run_prompt(input: &Map<String, Value>) -> String {
@@ -36,8 +40,23 @@ fn run_prompt(input: &Map<String, Value>) -> String {
     text
 }
 
-/// Checks a run's `input`: `message` a string, `context` an object, then the agent's `input_schema`.
-fn check_input(agent: &Agent, input: &Map<String, Value>) -> Result<()> {
+/// JSON bytes of a value.
+fn json_len(value: &Value) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
+}
+
+/// Checks a run's `input`: at most `max_bytes` as JSON, `message` a string, `context` an
+/// object, then the agent's `input_schema`.
+fn check_input(agent: &Agent, input: &Map<String, Value>, max_bytes: usize) -> Result<()> {
+    let size = json_len(&Value::Object(input.clone()));
+    if size > max_bytes {
+        return Err(invalid(
+            "input",
+            format!(
+                "is {size} bytes as JSON; a run's input may have at most {max_bytes} (limits.max_run_input_bytes)"
+            ),
+        ));
+    }
     if let Some(m) = input.get("message")
         && !m.is_string()
     {
@@ -93,6 +112,12 @@ fn check_output(validator: &jsonschema::Validator, content: &str) -> Result<Valu
 
 /// The `error` of a run whose conversation was cut off.
 const CANCELLED: &str = "the run was cancelled";
+/// The `error` of a run whose model work panicked (the cause is logged).
+const PANICKED: &str = "internal error while running the agent; the cause is logged";
+
+/// How long after its agent's timeout a run may still be `running` before any instance fails
+/// it as overdue (writing its record takes a moment; a lost task never writes it).
+pub const RUN_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// What a run's model work produced.
 struct Outcome {
@@ -116,14 +141,47 @@ impl Outcome {
             tokens,
         }
     }
+
+    /// The outcome as stored: an output over `max_output` bytes fails the run, and an error
+    /// is cut to [`MAX_ERROR_BYTES`] (a validation message may quote the whole output).
+    fn bounded(self, max_output: usize) -> Self {
+        let mut out = match &self.output {
+            Some(v) if json_len(v) > max_output => Outcome::failed(
+                format!(
+                    "the output is {} bytes as JSON; a run's output may have at most {max_output} (limits.max_run_output_bytes)",
+                    json_len(v)
+                ),
+                self.tokens,
+            ),
+            _ => self,
+        };
+        if let Some(e) = &mut out.error
+            && e.len() > MAX_ERROR_BYTES
+        {
+            let mut cut = MAX_ERROR_BYTES;
+            while !e.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            e.truncate(cut);
+            e.push_str("...");
+        }
+        out
+    }
 }
+
+/// The longest `error` a run stores.
+const MAX_ERROR_BYTES: usize = 4096;
 
 impl Engine {
     /// Runs agent `name` for `tenant`. Refusals (unknown agent, bad input, quota) are errors;
     /// a run that started is always answered as its stored record, `completed` or `failed`.
+    ///
+    /// Once started, the run completes in a task of its own: a caller that goes away (a client
+    /// whose connection was reset, a proxy that gave up) does not stop it, so it always settles
+    /// with its tokens and its reservation. A panic of its model work fails it.
     #[tracing::instrument(skip(self, tenant, input), fields(tenant = %tenant.slug))]
     pub async fn run_agent(
-        &self,
+        self: &Arc<Self>,
         tenant: &Tenant,
         name: &str,
         input: Map<String, Value>,
@@ -137,7 +195,7 @@ impl Engine {
         if agent.spec.status == AgentStatus::Disabled {
             return Err(EngineError::AgentDisabled(name.to_string()));
         }
-        check_input(&agent, &input)?;
+        check_input(&agent, &input, self.settings.limits.max_run_input_bytes)?;
         let now = self.clock.now();
         let period = self.period_at(now);
         let mut run = RunRecord::running(
@@ -147,13 +205,46 @@ impl Engine {
             Value::Object(input.clone()),
             now,
         );
+        let timeout = chrono::TimeDelta::milliseconds(
+            i64::try_from(agent.spec.timeout_ms).unwrap_or(i64::MAX / 2),
+        );
+        run.deadline = now.checked_add_signed(timeout + RUN_GRACE);
         let reservation = self
             .store
             .begin_run(&period, tenant.quota_runs, tenant.quota_tokens, &mut run)
             .await?
             .ok_or_else(|| run_quota_exceeded(tenant, &period))?;
-        let clock = std::time::Instant::now();
-        let outcome = self.execute(&agent, &input).await;
+        let engine = Arc::clone(self);
+        let finishing = tokio::spawn(
+            async move { engine.complete_run(&agent, &input, run, reservation).await }
+                .in_current_span(),
+        );
+        finishing.await.map_err(|e| {
+            EngineError::Internal(anyhow::anyhow!("the task of a run ended abnormally: {e}"))
+        })?
+    }
+
+    /// A started run's model work and its final record, stored with its counters.
+    async fn complete_run(
+        &self,
+        agent: &Agent,
+        input: &Map<String, Value>,
+        mut run: RunRecord,
+        reservation: Reservation,
+    ) -> Result<RunRecord> {
+        let outcome = AssertUnwindSafe(self.execute(agent, input))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(run = %run.id, panic = %what, "the model work of a run panicked");
+                Outcome::failed(PANICKED.into(), 0)
+            });
+        let outcome = outcome.bounded(self.settings.limits.max_run_output_bytes);
         run.status = if outcome.error.is_none() {
             RunStatus::Completed
         } else {
@@ -162,10 +253,13 @@ impl Engine {
         run.output = outcome.output;
         run.error = outcome.error;
         run.tokens_used = outcome.tokens;
-        run.finished_at = Some(self.clock.now());
-        run.duration_ms = Some(clock.elapsed().as_millis() as u64);
+        let finished = self.clock.now();
+        run.finished_at = Some(finished);
+        run.duration_ms =
+            Some(u64::try_from((finished - run.started_at).num_milliseconds()).unwrap_or_default());
+        run.deadline = None;
         if let Some(e) = &run.error {
-            tracing::warn!(agent = name, run = %run.id, error = %e, "run failed");
+            tracing::warn!(agent = %agent.name, run = %run.id, error = %e, "run failed");
         }
         match self.store.finish_run(&reservation, &run).await {
             Ok(true) => {}

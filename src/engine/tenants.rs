@@ -1,5 +1,5 @@
-//! Tenants, for the platform operator: provisioning one with its first key, listing, changing
-//! quotas, and issuing a key for an existing tenant.
+//! Tenants, for the platform operator: provisioning one with its first key (one transaction),
+//! listing, changing quotas. (A key for an existing tenant: `Engine::create_key`.)
 
 use super::Engine;
 use super::error::{EngineError, Result, invalid};
@@ -31,7 +31,7 @@ impl Engine {
             ));
         }
         let q = &self.settings.quotas;
-        let tenant = self
+        let (tenant, key) = self
             .store
             .create_tenant(
                 slug,
@@ -39,10 +39,10 @@ impl Engine {
                 new.quota_runs.unwrap_or(q.runs),
                 new.quota_tokens.unwrap_or(q.tokens),
                 new.rate_limit,
+                "initial",
             )
             .await?
             .ok_or_else(|| EngineError::TenantExists(slug.to_string()))?;
-        let key = self.store.create_key(slug, "initial", None).await?;
         tracing::info!(tenant = %tenant.slug, "tenant created");
         Ok((tenant, key))
     }

@@ -15,7 +15,7 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 /// The fixture agents, offline models and an in-memory database, on `clock`.
-async fn engine(clock: ManualClock) -> Engine {
+async fn engine(clock: ManualClock) -> Arc<Engine> {
     let mut settings = Settings {
         agents_dir: "fixtures/agents".into(),
         ..Settings::default()
@@ -42,7 +42,7 @@ async fn engine(clock: ManualClock) -> Engine {
     }
     let store = Store::connect(&settings.database).await.unwrap();
     let models = Models::from_settings(&settings).unwrap();
-    Engine::new(settings, store, models, Arc::new(clock)).unwrap()
+    Arc::new(Engine::new(settings, store, models, Arc::new(clock)).unwrap())
 }
 
 /// Tenant `acme` with a quota of `runs` runs, as a request of its key would see it.

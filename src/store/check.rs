@@ -167,15 +167,21 @@ impl Store {
             }
         }
 
-        for run in self.orphaned_runs(chrono::Utc::now()).await? {
+        let now = chrono::Utc::now();
+        for run in self.orphaned_runs(now).await? {
+            let why = match run.deadline {
+                Some(d) if d < now => format!("its deadline {d} passed"),
+                _ => format!(
+                    "its instance {} stopped",
+                    run.instance.as_deref().unwrap_or("(none recorded)")
+                ),
+            };
             report.violations.push(Violation {
                 invariant: "orphaned_run",
                 subject: format!("run {}", run.run_id),
                 message: format!(
-                    "agent {} of tenant {} is still `running`, but its instance {} stopped; a running instance fails it as interrupted within a lease",
-                    run.agent,
-                    run.tenant,
-                    run.instance.as_deref().unwrap_or("(none recorded)")
+                    "agent {} of tenant {} is still `running`, but {why}; a running instance fails it as interrupted within a lease",
+                    run.agent, run.tenant,
                 ),
             });
         }
@@ -385,6 +391,53 @@ mod tests {
             "{}",
             report.violations[0]
         );
+    }
+
+    /// A run whose instance is alive but whose deadline passed (its task was lost) is failed
+    /// too; one within its deadline is left alone.
+    #[tokio::test]
+    async fn an_overdue_run_of_a_live_instance_is_failed() {
+        let store = store().await;
+        store
+            .renew_lease(std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        let period = Period::containing(Utc::now(), 1);
+        let mut overdue = run("acme");
+        overdue.deadline = Some(Utc::now() - chrono::Duration::seconds(1));
+        let mut current = run("acme");
+        current.deadline = Some(Utc::now() + chrono::Duration::minutes(5));
+        for r in [&mut overdue, &mut current] {
+            store
+                .begin_run(&period, 10, 1000, r)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let report = store.check(1).await.unwrap();
+        assert_eq!(
+            invariants(&report),
+            ["orphaned_run"],
+            "{:?}",
+            report.violations
+        );
+        assert!(report.violations[0].message.contains("deadline"));
+        assert_eq!(store.reap_interrupted(1, Utc::now()).await.unwrap().runs, 1);
+        let state = store
+            .agent_states("acme", &[(overdue.agent_id.clone(), "echo".into())])
+            .await
+            .unwrap();
+        let stored = store
+            .runs(&overdue.agent_id, &state[0], 0, 10)
+            .await
+            .unwrap();
+        let by_id = |id: &str| stored.iter().find(|r| r.id == id).unwrap().clone();
+        assert_eq!(by_id(&overdue.id).status, RunStatus::Failed);
+        assert_eq!(
+            by_id(&overdue.id).error.as_deref(),
+            Some(super::super::OVERDUE)
+        );
+        assert_eq!(by_id(&current.id).status, RunStatus::Running);
     }
 
     #[tokio::test]

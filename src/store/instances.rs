@@ -1,5 +1,6 @@
 //! Instances sharing one database: each holds a lease it renews; the runs of an instance whose
-//! lease ran out (killed, cut off, its machine gone) are failed as interrupted by any other.
+//! lease ran out (killed, cut off, its machine gone) are failed as interrupted by any other,
+//! and so is any run still running past its deadline, whatever its instance.
 
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ use super::{Result, Store};
 /// The `error` of a run whose instance stopped while it ran.
 pub const INTERRUPTED: &str =
     "interrupted: the ares instance running it stopped before the run finished";
+/// The `error` of a run still running past its deadline on a live instance.
+pub const OVERDUE: &str =
+    "interrupted: the run was still unfinished after its agent's timeout and the grace";
 
 /// How old a run without an instance (stored before instances were recorded) must be before it
 /// counts as interrupted.
@@ -34,6 +38,18 @@ pub(super) struct RunningRun {
     pub started_at: DateTime<Utc>,
     #[serde(default)]
     pub instance: Option<String>,
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+impl RunningRun {
+    /// Why the run is failed: its instance stopped, or it is overdue.
+    pub(super) fn reason(&self, now: DateTime<Utc>) -> &'static str {
+        match self.deadline {
+            Some(d) if d < now => OVERDUE,
+            _ => INTERRUPTED,
+        }
+    }
 }
 
 fn hostname() -> String {
@@ -69,9 +85,9 @@ impl Store {
         Ok(())
     }
 
-    /// Runs marked `running` whose instance no longer holds a lease.
+    /// Runs marked `running` whose instance no longer holds a lease, or whose deadline passed.
     pub(super) async fn orphaned_runs(&self, now: DateTime<Utc>) -> Result<Vec<RunningRun>> {
-        let sql = "SELECT run_id, tenant, agent, agent_id, seq, started_at, instance FROM run \
+        let sql = "SELECT run_id, tenant, agent, agent_id, seq, started_at, instance, deadline FROM run \
                      WHERE status = 'running'; \
                    SELECT VALUE <string> record::id(id) FROM instance WHERE lease_until >= time::now();";
         let mut out = self.run(sql, json!({})).await?;
@@ -90,9 +106,12 @@ impl Store {
             .map_err(|e| super::StoreError::Internal(anyhow::anyhow!("decoding a run: {e}")))?;
         Ok(running
             .into_iter()
-            .filter(|r| match &r.instance {
-                Some(i) => !live.contains(i),
-                None => now - r.started_at > UNOWNED_AFTER,
+            .filter(|r| {
+                r.deadline.is_some_and(|d| d < now)
+                    || match &r.instance {
+                        Some(i) => !live.contains(i),
+                        None => now - r.started_at > UNOWNED_AFTER,
+                    }
             })
             .collect())
     }
@@ -110,7 +129,7 @@ impl Store {
             if self.settle_interrupted(&run, period_start_day, now).await? {
                 tracing::warn!(run = %run.run_id, agent = %run.agent, tenant = %run.tenant,
                     instance = run.instance.as_deref().unwrap_or("unknown"),
-                    "run failed as interrupted: its instance stopped");
+                    reason = run.reason(now), "run failed as interrupted");
                 reaped.runs += 1;
             }
         }

@@ -78,41 +78,70 @@ pub struct KeyAuth {
     pub tenant: String,
 }
 
-const FIELDS: &str = "key_id, tenant, name, prefix, created_at, expires_at, last_used, revoked_at";
+pub(super) const FIELDS: &str =
+    "key_id, tenant, name, prefix, created_at, expires_at, last_used, revoked_at";
+
+/// The statements that store a new key, `$id` of `$tenant` named `$name` with the secret's
+/// `$hash` and `$prefix`, expiring at `$expires` (or never), and its credential.
+pub(super) const CREATE_KEY: &str = "CREATE type::record('credential', $hash) SET key_id = $id RETURN NONE; \
+    CREATE type::record('api_key', $id) SET key_id = $id, tenant = $tenant, name = $name, hash = $hash, \
+    prefix = $prefix, created_at = time::now(), expires_at = <option<datetime>>($expires ?? NONE) RETURN NONE;";
+
+/// What asking for a new key came to.
+#[derive(Debug)]
+pub enum KeyCreation {
+    Created(NewKey),
+    /// The tenant holds as many live keys as it may.
+    LimitReached,
+    NoTenant,
+}
 
 impl Store {
-    /// Creates a key for `tenant`, expiring at `expires_at` when given.
+    /// Creates a key for `tenant`, expiring at `expires_at` when given, unless the tenant does
+    /// not exist or already holds `max_live` keys that are neither revoked nor expired at `now`.
     #[tracing::instrument(skip(self))]
     pub async fn create_key(
         &self,
         tenant: &str,
         name: &str,
         expires_at: Option<DateTime<Utc>>,
-    ) -> Result<NewKey> {
+        max_live: u64,
+        now: DateTime<Utc>,
+    ) -> Result<KeyCreation> {
         let secret = generate_secret();
         let id = uuid::Uuid::now_v7().to_string();
         let sql = format!(
             "BEGIN; \
-             CREATE type::record('credential', $hash) SET key_id = $id RETURN NONE; \
-             CREATE type::record('api_key', $id) SET key_id = $id, tenant = $tenant, name = $name, hash = $hash, \
-             prefix = $prefix, created_at = time::now(), expires_at = <option<datetime>>($expires ?? NONE) RETURN {FIELDS}; \
+             LET $known = record::exists(type::record('tenant', $tenant)); \
+             LET $live = IF $known {{ array::len((SELECT VALUE key_id FROM api_key WHERE tenant = $tenant \
+               AND revoked_at = NONE AND (expires_at = NONE OR expires_at > <datetime>$now))) }} ELSE {{ 0 }}; \
+             LET $ok = $known AND $live < $max; \
+             IF $ok {{ \
+               UPDATE type::record('tenant', $tenant) SET keys_changed_at = time::now() RETURN NONE; \
+               {CREATE_KEY} \
+             }}; \
+             RETURN {{ known: $known, key: IF $ok {{ type::record('api_key', $id).{{ {FIELDS} }} }} ELSE {{ NONE }} }}; \
              COMMIT;"
         );
         let vars = json!({
             "id": id, "tenant": tenant, "name": name, "hash": hash_secret(&secret),
-            "prefix": key_prefix(&secret), "expires": expires_at,
+            "prefix": key_prefix(&secret), "expires": expires_at, "max": max_live, "now": now,
         });
-        let out = self.run(&sql, vars).await?;
-        let key = out
+        let out = self.run_retrying(&sql, vars).await?;
+        let answer = out
             .into_iter()
             .rev()
             .find_map(|rows| rows.into_iter().next())
-            .ok_or_else(|| {
-                StoreError::Internal(anyhow::anyhow!("CREATE api_key returned nothing"))
-            })?;
-        let key: ApiKey = serde_json::from_value(key)
+            .unwrap_or_default();
+        if answer["known"] != true {
+            return Ok(KeyCreation::NoTenant);
+        }
+        if answer["key"].is_null() {
+            return Ok(KeyCreation::LimitReached);
+        }
+        let key: ApiKey = serde_json::from_value(answer["key"].clone())
             .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding a key: {e}")))?;
-        Ok(NewKey { key, secret })
+        Ok(KeyCreation::Created(NewKey { key, secret }))
     }
 
     /// The key and tenant a secret authenticates, when the key exists, is not revoked and has
@@ -225,11 +254,11 @@ mod tests {
     #[tokio::test]
     async fn keys_made_before_credentials_existed_still_authenticate() {
         let store = store().await;
-        store
-            .create_tenant("acme", "Acme", 10, 100, None)
+        let (_, key) = store
+            .create_tenant("acme", "Acme", 10, 100, None, "old")
             .await
+            .unwrap()
             .unwrap();
-        let key = store.create_key("acme", "old", None).await.unwrap();
         let today = Utc::now().date_naive();
         assert!(
             store

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::instances::{INTERRUPTED, RunningRun};
+use super::instances::RunningRun;
 use super::records::{ChatRecord, Reservation, RunRecord, RunStatus, last_bool, reservation};
 use super::usage::Period;
 use super::{Result, Store, StoreError};
@@ -293,7 +293,8 @@ impl Store {
                       created_at = created_at ?? time::now(), run_seq += 1 RETURN VALUE run_seq)[0] } ELSE { NONE }; \
                     IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
                       tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
-                      started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance } RETURN NONE; }; \
+                      started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance, \
+                      deadline: <option<datetime>>($r.deadline ?? NONE) } RETURN NONE; }; \
                     RETURN $seq; \
                     COMMIT;";
                 let vars = json!({
@@ -507,7 +508,8 @@ IF $bn{i} > 0 {{
   INSERT INTO run array::slice($b{i}.runs, 0, $bn{i}).map(|$r, $k| {{
     id: type::record('run', [$r.agent_id, $bb{i} + $k + 1]), run_id: $r.run_id, seq: $bb{i} + $k + 1,
     tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input,
-    started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance }}) RETURN NONE;
+    started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance,
+    deadline: <option<datetime>>($r.deadline ?? NONE) }}) RETURN NONE;
 }};
 "
         );
@@ -605,8 +607,9 @@ impl Store {
         Ok(())
     }
 
-    /// Fails `run` as interrupted (its instance stopped), settling its reservation and counting
-    /// it in usage like any failed run, unless it settled meanwhile. Whether it was settled here.
+    /// Fails `run` as interrupted (its instance stopped, or it is overdue), settling its
+    /// reservation and counting it in usage like any failed run, unless it settled meanwhile.
+    /// Whether it was settled here.
     pub(super) async fn settle_interrupted(
         &self,
         run: &RunningRun,
@@ -629,7 +632,7 @@ impl Store {
             RETURN array::len($done); \
             COMMIT;";
         let vars = json!({
-            "agent_id": run.agent_id, "seq": run.seq, "error": INTERRUPTED,
+            "agent_id": run.agent_id, "seq": run.seq, "error": run.reason(now),
             "duration_ms": (now - run.started_at).num_milliseconds().max(0),
             "period": r.period_key, "day": r.day_key, "date": r.date,
             "tenant": run.tenant, "agent": run.agent, "started": run.started_at,

@@ -118,6 +118,17 @@ FOR $k IN (SELECT key_id, hash FROM api_key) {
 };
 "#,
     ),
+    (
+        4,
+        r#"
+-- When a running run is overdue: its start, its agent's timeout and a grace. Past it, a run
+-- still `running` is failed by any instance, its own too (a run whose task was lost).
+DEFINE FIELD IF NOT EXISTS deadline ON run TYPE option<datetime>;
+-- Written by every key creation of the tenant, so that two creations racing past the cap on
+-- live keys conflict, and the one run again counts the other's key.
+DEFINE FIELD IF NOT EXISTS keys_changed_at ON tenant TYPE option<datetime>;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.

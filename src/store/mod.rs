@@ -31,8 +31,8 @@ use crate::config::DatabaseSettings;
 
 pub use check::{CheckReport, Violation};
 pub use close::{CloseNotice, begin_close, wait_closed};
-pub use instances::{INTERRUPTED, Reaped};
-pub use keys::{ApiKey, KeyAuth, NewKey, generate_secret, hash_secret, key_prefix};
+pub use instances::{INTERRUPTED, OVERDUE, Reaped};
+pub use keys::{ApiKey, KeyAuth, KeyCreation, NewKey, generate_secret, hash_secret, key_prefix};
 pub use records::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus};
 pub use retention::Purged;
 pub use tenants::{Tenant, TenantPatch};
@@ -125,6 +125,8 @@ pub struct Store {
 struct Health {
     down: AtomicBool,
     probing: AtomicBool,
+    /// A check started by a slow call is running.
+    checking: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -270,17 +272,40 @@ impl Store {
                 .unwrap_or(0);
             Err(classify(errors.swap_remove(cause)))
         };
-        let result = match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        };
-        if matches!(result, Err(StoreError::Unavailable(_))) {
-            self.mark_down();
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => {
+                if matches!(result, Err(StoreError::Unavailable(_))) {
+                    self.mark_down();
+                }
+                result
+            }
+            // A call that is merely slow (a large page) fails alone; the database counts as
+            // down only when it does not answer a trivial query either.
+            Err(_) => {
+                self.check_reachable();
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
         }
-        result
+    }
+
+    /// Checks in the background whether the database answers a trivial query, and marks it
+    /// down when it does not (one check at a time).
+    fn check_reachable(&self) {
+        if self.health.down.load(Ordering::Relaxed)
+            || self.health.checking.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            if !Self::answers(&store.db).await {
+                store.mark_down();
+            }
+            store.health.checking.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Runs `sql` again while it loses write races (optimistic transactions), after short
@@ -468,6 +493,25 @@ mod tests {
         }
     }
 
+    /// A call slower than the timeout fails alone: the database still answers, so it is not
+    /// marked down and the next call goes through.
+    #[tokio::test]
+    async fn a_slow_call_does_not_mark_the_database_down() {
+        let settings = DatabaseSettings {
+            url: "mem://".into(),
+            timeout: crate::config::HumanDuration(Duration::from_millis(100)),
+            ..Default::default()
+        };
+        let store = Store::connect(&settings).await.unwrap();
+        let slow = store
+            .run("SLEEP 400ms; RETURN 1;", serde_json::json!({}))
+            .await;
+        assert!(matches!(slow, Err(StoreError::Unavailable(_))), "{slow:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(store.is_up(), "a slow call marked the database down");
+        assert!(store.tenants().await.is_ok());
+    }
+
     #[test]
     fn only_server_urls_are_remote() {
         for url in ["ws://h:8000", "wss://h/rpc", "http://h:8000", "https://h"] {
@@ -507,7 +551,7 @@ mod tests {
             let store = store.clone();
             let call = async {
                 store
-                    .create_tenant("later", "Later", 10, 1000, None)
+                    .create_tenant("later", "Later", 10, 1000, None, "initial")
                     .await
                     .unwrap();
                 store.tenants().await.unwrap()

@@ -45,6 +45,10 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
     pub tokens_used: u64,
+    /// While running: when the run is overdue (its start, its agent's timeout and a grace);
+    /// any instance fails a run still running after it.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 impl RunRecord {
@@ -71,6 +75,7 @@ impl RunRecord {
             finished_at: None,
             duration_ms: None,
             tokens_used: 0,
+            deadline: None,
         }
     }
 }

@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Result, Store};
+use super::keys::{
+    ApiKey, CREATE_KEY, FIELDS as KEY_FIELDS, NewKey, generate_secret, hash_secret, key_prefix,
+};
+use super::{Result, Store, StoreError};
 
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +38,8 @@ pub struct TenantPatch {
 const FIELDS: &str = "slug, name, quota_runs, quota_tokens, rate_limit, created_at";
 
 impl Store {
-    /// Creates a tenant; `Ok(None)` when the slug is taken.
+    /// Creates a tenant and its first key, named `key_name`, in one transaction: both or
+    /// neither. `Ok(None)` when the slug is taken.
     #[tracing::instrument(skip(self))]
     pub async fn create_tenant(
         &self,
@@ -44,28 +48,50 @@ impl Store {
         quota_runs: u64,
         quota_tokens: u64,
         rate_limit: Option<u64>,
-    ) -> Result<Option<Tenant>> {
+        key_name: &str,
+    ) -> Result<Option<(Tenant, NewKey)>> {
+        let secret = generate_secret();
+        let id = uuid::Uuid::now_v7().to_string();
         let sql = format!(
-            "IF record::exists(type::record('tenant', $slug)) {{ RETURN [] }} \
-             ELSE {{ RETURN (CREATE type::record('tenant', $slug) SET slug = $slug, name = $name, \
-             quota_runs = $runs, quota_tokens = $tokens, rate_limit = $rate ?? NONE, \
-             created_at = time::now() RETURN {FIELDS}) }};"
+            "BEGIN; \
+             IF record::exists(type::record('tenant', $tenant)) {{ THROW 'the tenant exists' }}; \
+             CREATE type::record('tenant', $tenant) SET slug = $tenant, name = $tenant_name, \
+               quota_runs = $runs, quota_tokens = $tokens, rate_limit = $rate ?? NONE, \
+               created_at = time::now(), keys_changed_at = time::now() RETURN NONE; \
+             {CREATE_KEY} \
+             RETURN {{ tenant: type::record('tenant', $tenant).{{ {FIELDS} }}, \
+               key: type::record('api_key', $id).{{ {KEY_FIELDS} }} }}; \
+             COMMIT;"
         );
-        let rows = self
-            .rows(
-                &sql,
-                json!({"slug": slug, "name": name, "runs": quota_runs, "tokens": quota_tokens, "rate": rate_limit}),
-                0,
-            )
-            .await;
-        match rows {
-            Ok(mut rows) => Ok(rows.pop()),
-            // Two creators racing for one slug: the loser's CREATE fails on the existing record.
-            Err(super::StoreError::Internal(e)) if e.to_string().contains("already exists") => {
-                Ok(None)
+        let vars = json!({
+            "tenant": slug, "tenant_name": name, "runs": quota_runs, "tokens": quota_tokens,
+            "rate": rate_limit, "id": id, "name": key_name, "hash": hash_secret(&secret),
+            "prefix": key_prefix(&secret), "expires": null,
+        });
+        let out = match self.run_retrying(&sql, vars).await {
+            Ok(out) => out,
+            // Taken, before or by a creator racing for the same slug.
+            Err(StoreError::Internal(e))
+                if e.to_string().contains("the tenant exists")
+                    || e.to_string().contains("already exists") =>
+            {
+                return Ok(None);
             }
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        let answer = out
+            .into_iter()
+            .rev()
+            .find_map(|rows| rows.into_iter().next())
+            .unwrap_or_default();
+        let decode = |what: &str, e: serde_json::Error| {
+            StoreError::Internal(anyhow::anyhow!("decoding the new {what}: {e}"))
+        };
+        let tenant: Tenant =
+            serde_json::from_value(answer["tenant"].clone()).map_err(|e| decode("tenant", e))?;
+        let key: ApiKey =
+            serde_json::from_value(answer["key"].clone()).map_err(|e| decode("key", e))?;
+        Ok(Some((tenant, NewKey { key, secret })))
     }
 
     #[tracing::instrument(skip(self))]
@@ -89,5 +115,53 @@ impl Store {
         );
         let vars = json!({"slug": slug, "name": patch.name, "runs": patch.quota_runs, "tokens": patch.quota_tokens, "rate": patch.rate_limit});
         Ok(self.rows(&sql, vars, 0).await?.pop())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testing::store;
+
+    /// A tenant and its first key are stored together or not at all.
+    #[tokio::test]
+    async fn a_tenant_is_never_left_without_its_first_key() {
+        let store = store().await;
+        store
+            .run(
+                "DEFINE EVENT refuse ON api_key WHEN $event = 'CREATE' THEN { THROW 'no keys today' };",
+                json!({}),
+            )
+            .await
+            .unwrap();
+        let failed = store
+            .create_tenant("acme", "Acme", 10, 100, None, "initial")
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(
+            store.tenants().await.unwrap(),
+            [],
+            "no tenant without its key"
+        );
+        store
+            .run("REMOVE EVENT refuse ON api_key;", json!({}))
+            .await
+            .unwrap();
+        let (tenant, key) = store
+            .create_tenant("acme", "Acme", 10, 100, None, "initial")
+            .await
+            .unwrap()
+            .expect("the slug is free");
+        assert_eq!(tenant.slug, "acme");
+        assert_eq!(key.key.tenant, "acme");
+        assert!(
+            store
+                .create_tenant("acme", "Again", 1, 1, None, "initial")
+                .await
+                .unwrap()
+                .is_none(),
+            "a taken slug"
+        );
     }
 }

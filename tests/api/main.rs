@@ -10,6 +10,7 @@ mod doc_examples;
 mod docs;
 mod drift;
 mod errors_and_system;
+mod hardening;
 mod helpers;
 mod hot_reload;
 mod limits;

@@ -23,6 +23,8 @@ pub enum Reply {
     Stream(Vec<(Duration, String)>),
     /// Never answers (a timeout).
     Hang,
+    /// This reply after a pause.
+    Later(Duration, Box<Reply>),
 }
 
 #[derive(Default)]
@@ -65,7 +67,11 @@ async fn completions(script: Data<&Arc<Script>>, body: String) -> Response {
         .lock()
         .unwrap()
         .push(serde_json::from_str(&body).unwrap_or(Value::Null));
-    let reply = script.replies.lock().unwrap().pop_front();
+    let mut reply = script.replies.lock().unwrap().pop_front();
+    if let Some(Reply::Later(pause, later)) = reply {
+        tokio::time::sleep(pause).await;
+        reply = Some(*later);
+    }
     match reply {
         None => Response::builder()
             .status(poem::http::StatusCode::INTERNAL_SERVER_ERROR)
@@ -85,6 +91,9 @@ async fn completions(script: Data<&Arc<Script>>, body: String) -> Response {
             }
             b.body(v.to_string())
         }
+        Some(Reply::Later(..)) => Response::builder()
+            .status(poem::http::StatusCode::INTERNAL_SERVER_ERROR)
+            .body("a later reply may not be later again"),
         Some(Reply::Hang) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::builder().finish()

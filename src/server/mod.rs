@@ -1,5 +1,7 @@
 //! Builds the application from settings and serves it until told to stop.
 
+mod listen;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,14 +54,19 @@ impl Application {
         }
         let addr = listener.local_addr()?;
         tracing::info!(%addr, agents = engine.agent_count(), "ares serving");
-        let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
-        poem::Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(
-                crate::api::routes(Arc::clone(&self.app)),
-                shutdown,
-                Some(GRACE),
-            )
-            .await?;
+        let limits = &engine.settings().limits;
+        let timeouts = listen::Timeouts {
+            header: limits.header_timeout.0,
+            idle: limits.idle_timeout.0,
+            grace: GRACE,
+        };
+        listen::serve(
+            listener,
+            crate::api::routes(Arc::clone(&self.app)),
+            shutdown,
+            timeouts,
+        )
+        .await?;
         // Records waiting for the database keep the lease until stored (or the grace is over).
         background.stop(GRACE).await;
         tracing::info!("ares stopped");
