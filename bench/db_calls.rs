@@ -192,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
     // A page of twenty runs, newest first, from a history of `history` more runs than the above.
     let agent_id = ares::engine::agent_id("bench", "bench");
     store
-        .generate_runs("bench", "bench", &agent_id, &period, history)
+        .generate_runs("bench", "bench", &agent_id, &period, history, 9)
         .await?;
     let agents = [(agent_id.clone(), "bench".to_string())];
     let state = store.agent_states("bench", &agents).await?.remove(0);

@@ -1,15 +1,18 @@
-//! Fills a store with runs for the scale benchmark: `n` completed runs of one agent of one
-//! tenant, with consistent counters and usage.
+//! Fills a store with runs for the scale and page benchmarks: `n` completed runs of one agent
+//! of one tenant, with consistent counters and usage, each with `BYTES` of text (default 9) as
+//! its input's message and its output's response.
 //!
-//! `cargo run --release --example bench_fill -- surrealkv://DIR TENANT AGENT N`
+//! `cargo run --release --example bench_fill -- surrealkv://DIR TENANT AGENT N [BYTES]`
 
 use std::time::Instant;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, tenant, agent, n] = args.as_slice() else {
-        anyhow::bail!("usage: bench_fill URL TENANT AGENT N");
+    let (url, tenant, agent, n, bytes) = match args.as_slice() {
+        [_, url, tenant, agent, n] => (url, tenant, agent, n, "9"),
+        [_, url, tenant, agent, n, bytes] => (url, tenant, agent, n, bytes.as_str()),
+        _ => anyhow::bail!("usage: bench_fill URL TENANT AGENT N [BYTES]"),
     };
     let settings = ares::config::DatabaseSettings {
         url: url.clone(),
@@ -20,7 +23,9 @@ async fn main() -> anyhow::Result<()> {
     let id = ares::engine::agent_id(tenant, agent);
     let n: u64 = n.parse()?;
     let start = Instant::now();
-    store.generate_runs(tenant, agent, &id, &period, n).await?;
+    store
+        .generate_runs(tenant, agent, &id, &period, n, bytes.parse()?)
+        .await?;
     println!("filled {n} runs in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -65,6 +65,9 @@ pub struct Settings {
     /// How instances sharing one database find runs that a stopped instance left behind.
     #[serde(default)]
     pub instances: InstanceSettings,
+    /// How long `Idempotency-Key`s are kept.
+    #[serde(default)]
+    pub idempotency: IdempotencySettings,
     /// Model providers by name.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
@@ -75,6 +78,27 @@ pub struct Settings {
     #[serde(skip)]
     #[schemars(skip)]
     pub admin_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// How long a request's `Idempotency-Key` and its answer are kept (at least 1h): a repeat
+    /// within it is answered without running again.
+    #[serde(default = "default_idempotency_ttl")]
+    pub ttl: HumanDuration,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        IdempotencySettings {
+            ttl: default_idempotency_ttl(),
+        }
+    }
+}
+
+fn default_idempotency_ttl() -> HumanDuration {
+    HumanDuration::secs(24 * 3600)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -427,6 +451,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ARES_RETENTION_MAX_AGE", "/retention/max_age"),
     ("ARES_RETENTION_INTERVAL", "/retention/interval"),
     ("ARES_INSTANCE_LEASE", "/instances/lease"),
+    ("ARES_IDEMPOTENCY_TTL", "/idempotency/ttl"),
     ("ARES_PROVIDERS", "/providers"),
     ("ARES_MODELS", "/models"),
 ];
@@ -615,6 +640,7 @@ impl Settings {
             ("/retention/interval", self.retention.interval, 1000),
             ("/limits/header_timeout", self.limits.header_timeout, 100),
             ("/limits/idle_timeout", self.limits.idle_timeout, 1000),
+            ("/idempotency/ttl", self.idempotency.ttl, 3_600_000),
         ];
         for (pointer, value, min_ms) in at_least {
             if value.0 < std::time::Duration::from_millis(min_ms) {
@@ -829,7 +855,7 @@ mod tests {
             vec![
                 "$ARES_MAX_BODY_BYTES: /limits/max_body_bytes: expected an integer between 1024 and 67108864, got 12",
                 "ares.yaml:3:9: /quotas/runs: expected an integer of at least 0, got \"many\"",
-                "ares.yaml:4:1: /bogus: unknown field `bogus`; expected one of `listen`, `database`, `agents_dir`, `billing`, `quotas`, `limits`, `retention`, `instances`, `providers`, `models`",
+                "ares.yaml:4:1: /bogus: unknown field `bogus`; expected one of `listen`, `database`, `agents_dir`, `billing`, `quotas`, `limits`, `retention`, `instances`, `idempotency`, `providers`, `models`",
             ]
         );
         let errs = load(

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
@@ -12,8 +12,8 @@ use super::error::responses;
 use super::json_object::JsonObject;
 use super::wire::document_example;
 use super::wire::{JsonBody, Timestamp};
-use super::{ApiTags, App, Page};
-use crate::engine::{AgentView, RunRecord};
+use super::{ApiTags, App, Page, idempotency, prefers_async};
+use crate::engine::{AgentView, RunAsk, RunRecord, Step, StepKind};
 
 /// An agent's configuration as listed.
 #[derive(Debug, Clone, Object)]
@@ -132,7 +132,10 @@ pub struct RunResponse {
     pub id: String,
     /// Id of the agent that ran.
     pub agent_id: String,
-    /// `completed` or `failed` (`running` only while a run is in flight).
+    /// Name of the agent that ran (always sent by ares; optional for other servers of this API).
+    #[oai(skip_serializing_if_is_none)]
+    pub agent_name: Option<String>,
+    /// `completed`, `failed` or `cancelled` (`running` while a run is in flight).
     pub status: String,
     /// The input as given.
     pub input: JsonObject,
@@ -152,6 +155,63 @@ pub struct RunResponse {
     pub duration_ms: Option<u64>,
     /// Model tokens used, as the provider reported them.
     pub tokens_used: u64,
+    /// The run's model calls and tool calls, in order. In a run's own record (its answer,
+    /// `GET /v1/runs/{id}`, its events); left out of the items of `GET /v1/agents/{name}/runs`.
+    #[oai(skip_serializing_if_is_none)]
+    pub steps: Option<Vec<RunStep>>,
+}
+
+/// One step of a run: a model call or a tool call.
+#[derive(Debug, Clone, Object)]
+pub struct RunStep {
+    /// `model` or `tool`.
+    pub kind: String,
+    /// The model's name, or the tool's.
+    pub name: String,
+    /// A tool call's arguments as the model gave them (cut at 16 KiB); null for model calls.
+    #[oai(nullable)]
+    pub arguments: Option<String>,
+    /// A tool call's result (cut at 16 KiB); null for model calls and failed tool calls.
+    #[oai(nullable)]
+    pub result: Option<String>,
+    /// Tokens of a model call; 0 for tool calls.
+    pub tokens: u64,
+    /// When the step started.
+    pub started_at: Timestamp,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// Why it failed; null when it did not.
+    #[oai(nullable)]
+    pub error: Option<String>,
+}
+
+impl From<Step> for RunStep {
+    fn from(s: Step) -> Self {
+        RunStep {
+            kind: match s.kind {
+                StepKind::Model => "model",
+                StepKind::Tool => "tool",
+            }
+            .to_string(),
+            name: s.name,
+            arguments: s.arguments,
+            result: s.result,
+            tokens: s.tokens,
+            started_at: s.started_at.into(),
+            duration_ms: s.duration_ms,
+            error: s.error,
+        }
+    }
+}
+
+impl RunResponse {
+    /// A run's own record, with its steps.
+    pub fn with_steps(run: RunRecord, steps: Vec<Step>) -> Self {
+        RunResponse {
+            steps: Some(steps.into_iter().map(RunStep::from).collect()),
+            ..run.into()
+        }
+    }
 }
 
 /// A page of an agent's runs, newest first.
@@ -177,6 +237,7 @@ impl From<RunRecord> for RunResponse {
         RunResponse {
             id: r.id,
             agent_id: r.agent_id,
+            agent_name: Some(r.agent),
             status: r.status.as_str().to_string(),
             input: object(r.input).unwrap_or_default(),
             output: r.output.and_then(object),
@@ -185,6 +246,7 @@ impl From<RunRecord> for RunResponse {
             finished_at: r.finished_at.map(Timestamp),
             duration_ms: r.duration_ms,
             tokens_used: r.tokens_used,
+            steps: None,
         }
     }
 }
@@ -277,17 +339,31 @@ responses! {
 responses! {
     RunAgentResponse {
         ok {
-        /// The run, completed or failed. A failed run is still a 200: it happened and was recorded.
-        Ok(Json<RunResponse>) = 200,
+        /// The run, completed, failed or cancelled. A failed run is still a 200: it happened and was recorded.
+        Ok(
+            Json<RunResponse>,
+            /// `true` when this answers an earlier request with the same `Idempotency-Key`.
+            #[oai(header = "Idempotent-Replayed")] Option<String>
+        ) = 200,
+        /// The run has started in the background (`Prefer: respond-async`); follow it at `Location`.
+        Accepted(
+            Json<RunResponse>,
+            /// Where the run is: `/v1/runs/{id}`.
+            #[oai(header = "Location")] String,
+            /// `respond-async`.
+            #[oai(header = "Preference-Applied")] String,
+            /// `true` when this answers an earlier request with the same `Idempotency-Key`.
+            #[oai(header = "Idempotent-Replayed")] Option<String>
+        ) = 202,
         }
         errors {
             BadRequest = 400: "The body is not JSON of the right shape.",
             Unauthorized = 401: "Missing or invalid API key.",
             NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
-            Disabled = 409: "The agent is disabled (`agent_disabled`).",
+            Conflict = 409: "The agent is disabled (`agent_disabled`), or a request with this `Idempotency-Key` is still running (`idempotency_key_in_use`).",
             TooLarge = 413: "The body is larger than the configured limit.",
             UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
-            Invalid = 422: "The input does not satisfy the agent's input rules; the message names the field.",
+            Invalid = 422: "The input does not satisfy the agent's input rules (the message names the field), or the `Idempotency-Key` was used for another request (`idempotency_key_reused`).",
             Unavailable = 503: "The database is unavailable.",
         }
         throttled { QuotaExceeded: "The tenant's run or token quota for this period is used up (`quota_exceeded`), or the API key sent more requests than its per-minute limit (`rate_limited`, with `Retry-After`)." }
@@ -383,16 +459,48 @@ impl AgentsApi {
         auth: ApiKeyAuth,
         /// The agent's name.
         name: Path<String>,
+        /// `respond-async` to have the run start in the background: answered at once with 202
+        /// and the run as it stands, followed at `Location`.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+        /// Any unique string (up to 255 characters), e.g. a UUID: a repeat of this request with
+        /// the same key, within 24 h, runs nothing and answers the first request's run.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
         body: JsonBody<RunRequest>,
     ) -> RunAgentResponse {
+        let input = body.0.input.0;
+        let key = match idempotency(
+            idempotency_key.0,
+            "POST",
+            &format!("/v1/agents/{}/run", name.0),
+            &input,
+        ) {
+            Ok(k) => k,
+            Err(e) => return e.into(),
+        };
+        let ask = RunAsk {
+            background: prefers_async(prefer.0.as_deref()),
+            idempotency: key,
+        };
         match app
             .engine
-            .run_agent(&auth.0.tenant, &name.0, body.0.input.0)
+            .run_agent(&auth.0.tenant, &name.0, input, ask)
             .await
         {
-            Ok(run) => {
-                app.metrics.record_run(run.status.as_str(), run.tokens_used);
-                RunAgentResponse::Ok(Json(run.into()))
+            Ok(answer) => {
+                if !answer.replayed && answer.run.status != crate::engine::RunStatus::Running {
+                    app.metrics
+                        .record_run(answer.run.status.as_str(), answer.run.tokens_used);
+                }
+                let replayed = answer.replayed.then(|| "true".to_string());
+                let location = format!("/v1/runs/{}", answer.run.id);
+                let body = Json(RunResponse::with_steps(answer.run, answer.steps));
+                if answer.background {
+                    RunAgentResponse::Accepted(body, location, "respond-async".into(), replayed)
+                } else {
+                    RunAgentResponse::Ok(body, replayed)
+                }
             }
             Err(e) => e.into(),
         }

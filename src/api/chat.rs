@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use poem::web::Data;
+use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
@@ -10,11 +11,11 @@ use super::auth::ApiKeyAuth;
 use super::error::responses;
 use super::wire::document_example;
 use super::wire::{JsonBody, Sse};
-use super::{ApiTags, App};
+use super::{ApiTags, App, idempotency};
 use crate::engine::{ChatChunk, ChatInput, Message, Role};
 
 /// Who wrote a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize, serde::Serialize)]
 #[oai(rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum ChatRole {
@@ -24,7 +25,7 @@ pub enum ChatRole {
 }
 
 /// One message of the conversation.
-#[derive(Debug, Clone, Object, serde::Deserialize)]
+#[derive(Debug, Clone, Object, serde::Deserialize, serde::Serialize)]
 pub struct ChatMessage {
     pub role: ChatRole,
     /// The message's text.
@@ -34,7 +35,7 @@ pub struct ChatMessage {
 
 /// A conversation to continue. Give a `model`, an `agent_type`, or both: the tenant's active
 /// agent of that type supplies the system prompt (and the model, unless one is given).
-#[derive(Debug, Clone, Object, serde::Deserialize)]
+#[derive(Debug, Clone, Object, serde::Deserialize, serde::Serialize)]
 #[oai(example)]
 pub struct ChatRequest {
     /// The conversation so far, oldest first; at least one message.
@@ -96,14 +97,19 @@ responses! {
     ChatEndpointResponse {
         ok {
         /// The answer.
-        Ok(Json<ChatResponse>) = 200,
+        Ok(
+            Json<ChatResponse>,
+            /// `true` when this answers an earlier request with the same `Idempotency-Key`.
+            #[oai(header = "Idempotent-Replayed")] Option<String>
+        ) = 200,
         }
         errors {
             BadRequest = 400: "The body is not JSON of the right shape (e.g. an unknown role).",
             Unauthorized = 401: "Missing or invalid API key.",
+            Conflict = 409: "A request with this `Idempotency-Key` is still being answered (`idempotency_key_in_use`).",
             TooLarge = 413: "The body is larger than the configured limit.",
             UnsupportedMediaType = 415: "The body is not sent as `application/json`.",
-            Invalid = 422: "Unknown model or agent_type, or neither given; the message names the field.",
+            Invalid = 422: "Unknown model or agent_type, or neither given (the message names the field), or the `Idempotency-Key` was used for another request (`idempotency_key_reused`).",
             Upstream = 502: "The model provider failed (`upstream_error`).",
             Unavailable = 503: "The database is unavailable.",
         }
@@ -160,18 +166,31 @@ impl ChatApi {
         &self,
         app: Data<&Arc<App>>,
         auth: ApiKeyAuth,
+        /// Any unique string (up to 255 characters), e.g. a UUID: a repeat of this request with
+        /// the same key, within 24 h, is answered the first answer without calling the model.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
         body: JsonBody<ChatRequest>,
     ) -> ChatEndpointResponse {
-        match app.engine.chat(&auth.0.tenant, input(body.0)).await {
-            Ok(out) => {
-                app.metrics.record_tokens(out.tokens_used);
-                ChatEndpointResponse::Ok(Json(ChatResponse {
-                    id: out.id,
-                    content: out.content,
-                    model: out.model,
-                    tokens_used: out.tokens_used,
-                    finish_reason: out.finish_reason,
-                }))
+        let key = match idempotency(idempotency_key.0, "POST", "/v1/chat", &body.0) {
+            Ok(k) => k,
+            Err(e) => return e.into(),
+        };
+        match app.engine.chat(&auth.0.tenant, input(body.0), key).await {
+            Ok((out, replayed)) => {
+                if !replayed {
+                    app.metrics.record_tokens(out.tokens_used);
+                }
+                ChatEndpointResponse::Ok(
+                    Json(ChatResponse {
+                        id: out.id,
+                        content: out.content,
+                        model: out.model,
+                        tokens_used: out.tokens_used,
+                        finish_reason: out.finish_reason,
+                    }),
+                    replayed.then(|| "true".to_string()),
+                )
             }
             Err(e) => e.into(),
         }

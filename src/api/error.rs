@@ -44,13 +44,17 @@ error_codes! {
     NotFound = ("not_found", 404, "No such route, or no such object in this tenant."),
     AgentNotFound = ("agent_not_found", 404, "No agent of that name is offered to this tenant."),
     ApiKeyNotFound = ("api_key_not_found", 404, "No API key with that id belongs to this tenant."),
+    RunNotFound = ("run_not_found", 404, "No run with that id belongs to this tenant."),
     TenantNotFound = ("tenant_not_found", 404, "No tenant with that slug (admin API)."),
     MethodNotAllowed = ("method_not_allowed", 405, "The route exists but not with this method."),
     Conflict = ("conflict", 409, "The object already exists (admin API: a tenant slug)."),
     PayloadTooLarge = ("payload_too_large", 413, "The request body is larger than the configured limit."),
     UnsupportedMediaType = ("unsupported_media_type", 415, "The request body is not JSON (send Content-Type: application/json)."),
     ValidationFailed = ("validation_failed", 422, "The request is well-formed but a value is not acceptable: the message names the field and the rule."),
+    IdempotencyKeyReused = ("idempotency_key_reused", 422, "This `Idempotency-Key` was used for a different request (method, path or body); send a new key."),
     AgentDisabled = ("agent_disabled", 409, "The agent exists but is disabled."),
+    RunFinished = ("run_finished", 409, "The run has ended (completed or failed) and can no longer be cancelled."),
+    IdempotencyKeyInUse = ("idempotency_key_in_use", 409, "A request with this `Idempotency-Key` is still being answered; retry it later to get its answer."),
     KeyLimitReached = ("key_limit_reached", 409, "The tenant holds as many live API keys as it may (`limits.max_keys_per_tenant`); revoke one before creating another."),
     QuotaExceeded = ("quota_exceeded", 429, "The tenant has used its run or token quota for the current billing period."),
     RateLimited = ("rate_limited", 429, "The API key, or all the tenant's keys together, sent more requests than their per-minute limit; retry after the `Retry-After` header's seconds."),
@@ -192,6 +196,14 @@ impl From<EngineError> for ApiError {
             EngineError::KeyNotFound(_) => ApiError::new(ErrorCode::ApiKeyNotFound, message),
             EngineError::KeyLimit(_) => ApiError::new(ErrorCode::KeyLimitReached, message),
             EngineError::TenantNotFound(_) => ApiError::new(ErrorCode::TenantNotFound, message),
+            EngineError::RunNotFound(_) => ApiError::new(ErrorCode::RunNotFound, message),
+            EngineError::RunFinished(_) => ApiError::new(ErrorCode::RunFinished, message),
+            EngineError::IdempotencyKeyInUse => {
+                ApiError::new(ErrorCode::IdempotencyKeyInUse, message)
+            }
+            EngineError::IdempotencyKeyReused => {
+                ApiError::new(ErrorCode::IdempotencyKeyReused, message)
+            }
             EngineError::TenantExists(_) => ApiError::new(ErrorCode::Conflict, message),
             EngineError::Invalid { .. } => ApiError::validation(message),
             EngineError::QuotaExceeded(_) => ApiError::new(ErrorCode::QuotaExceeded, message),
@@ -215,7 +227,7 @@ impl From<EngineError> for ApiError {
 /// `Retry-After` header when the refusal has a known end.
 macro_rules! responses {
     ($(#[$meta:meta])* $name:ident {
-        ok { $($(#[$okmeta:meta])* $ok:ident $(($okty:ty))? = $okstatus:literal,)+ }
+        ok { $($(#[$okmeta:meta])* $ok:ident $(( $($okfield:tt)* ))? = $okstatus:literal,)+ }
         errors { $($err:ident = $status:literal: $doc:literal,)* }
         $(throttled { $thr:ident: $thrdoc:literal })?
     }) => {
@@ -223,7 +235,7 @@ macro_rules! responses {
         #[derive(poem_openapi::ApiResponse)]
         #[allow(clippy::large_enum_variant)]
         pub enum $name {
-            $($(#[$okmeta])* #[oai(status = $okstatus)] $ok $(($okty))?,)+
+            $($(#[$okmeta])* #[oai(status = $okstatus)] $ok $(( $($okfield)* ))?,)+
             $(
                 #[doc = $doc]
                 #[oai(status = $status)]

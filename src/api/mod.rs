@@ -12,6 +12,7 @@ pub mod json_object;
 pub mod keys;
 pub mod metrics;
 pub mod request_id;
+pub mod runs;
 pub mod usage;
 pub mod wire;
 
@@ -89,6 +90,50 @@ impl Page {
     }
 }
 
+/// Whether a `Prefer` header asks for `respond-async` (RFC 7240; other preferences ignored).
+pub fn prefers_async(prefer: Option<&str>) -> bool {
+    prefer.is_some_and(|p| {
+        p.split(',').any(|pref| {
+            pref.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("respond-async")
+        })
+    })
+}
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// A request's `Idempotency-Key` with the request's fingerprint (method, path and body), or a
+/// 400 naming the header when the key is not 1-255 printable characters.
+pub fn idempotency(
+    key: Option<String>,
+    method: &str,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<Option<crate::engine::IdempotencyKey>, ApiError> {
+    use sha2::{Digest, Sha256};
+    let Some(key) = key else { return Ok(None) };
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid(format!(
+            "Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )));
+    }
+    let mut hash = Sha256::new();
+    hash.update(method.as_bytes());
+    hash.update(b"\n");
+    hash.update(path.as_bytes());
+    hash.update(b"\n");
+    hash.update(serde_json::to_vec(body).unwrap_or_default());
+    let fingerprint = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(crate::engine::IdempotencyKey { key, fingerprint }))
+}
+
 fn request_id_header() -> ExtraHeader {
     ExtraHeader::new("X-Request-Id")
         .description("Id of this request: the client's X-Request-Id when it sent a usable one, else a new UUIDv7.")
@@ -96,6 +141,7 @@ fn request_id_header() -> ExtraHeader {
 
 pub type V1Apis = (
     agents::AgentsApi,
+    runs::RunsApi,
     chat::ChatApi,
     usage::UsageApi,
     keys::KeysApi,
@@ -104,7 +150,13 @@ pub type V1Apis = (
 /// The V1 client API, as served under `/v1` and described in `openapi/v1.yaml`.
 pub fn v1_service() -> OpenApiService<V1Apis, ()> {
     OpenApiService::new(
-        (agents::AgentsApi, chat::ChatApi, usage::UsageApi, keys::KeysApi),
+        (
+            agents::AgentsApi,
+            runs::RunsApi,
+            chat::ChatApi,
+            usage::UsageApi,
+            keys::KeysApi,
+        ),
         "ARES V1 Client API",
         env!("CARGO_PKG_VERSION"),
     )

@@ -167,6 +167,47 @@ impl<T: Type + ToJSON + Send + 'static> poem_openapi::ApiResponse for Sse<T> {
     }
 }
 
+/// A server-sent event stream of numbered, named events: `id: <n>`, `event: <name>`,
+/// `data: <T as JSON>`, so that a client can resume after the last id it received
+/// (`Last-Event-ID`). Described in the spec as [`Sse`] is.
+pub struct NumberedSse<T: Send + 'static>(
+    pub futures_util::stream::BoxStream<'static, (u64, &'static str, T)>,
+);
+
+impl<T: Type + ToJSON + Send + 'static> Payload for NumberedSse<T> {
+    const CONTENT_TYPE: &'static str = "text/event-stream";
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Type + ToJSON + Send + 'static> poem::IntoResponse for NumberedSse<T> {
+    fn into_response(self) -> poem::Response {
+        use futures_util::StreamExt;
+        let events = self.0.map(|(id, name, item)| {
+            poem::web::sse::Event::message(item.to_json_string())
+                .id(id.to_string())
+                .event_type(name)
+        });
+        poem::web::sse::SSE::new(events).into_response()
+    }
+}
+
+impl<T: Type + ToJSON + Send + 'static> poem_openapi::ApiResponse for NumberedSse<T> {
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        <Sse<T> as poem_openapi::ApiResponse>::meta()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
 /// An example from the V1 document (`contracts/document/*.json`, included at build time):
 /// the value at `key` of the example file, parsed as `T`. The spec's examples are thus the
 /// document's own, and a document example that stops fitting its type fails the build's tests.

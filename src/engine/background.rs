@@ -19,6 +19,8 @@ pub struct Background {
     flusher: tokio::task::JoinHandle<()>,
     keeper: tokio::task::JoinHandle<()>,
     purger: Option<tokio::task::JoinHandle<()>>,
+    /// Cancels asked of this instance's runs on other instances; expired idempotency keys.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
     engine: Arc<Engine>,
 }
 
@@ -56,11 +58,16 @@ impl Engine {
             .retention
             .max_age
             .map(|age| tokio::spawn(purge_history(Arc::clone(self), age.0)));
+        let watchers = vec![
+            tokio::spawn(watch_cancels(Arc::clone(self))),
+            tokio::spawn(expire_idempotency_keys(Arc::clone(self))),
+        ];
         Ok(Background {
             stop_flusher,
             flusher,
             keeper,
             purger,
+            watchers,
             engine: Arc::clone(self),
         })
     }
@@ -81,6 +88,9 @@ impl Background {
         let _ = self.flusher.await;
         if let Some(purger) = self.purger {
             purger.abort();
+        }
+        for w in self.watchers {
+            w.abort();
         }
         let engine = self.engine;
         let deadline = tokio::time::Instant::now() + grace;
@@ -121,6 +131,48 @@ async fn keep_lease(engine: Arc<Engine>) {
                     .fetch_add(r.runs, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "looking for interrupted runs failed; will retry"),
+        }
+    }
+}
+
+/// Stops this instance's runs whose cancel was asked through another instance, within
+/// [`super::lifecycle::POLL_EVERY`].
+async fn watch_cancels(engine: Arc<Engine>) {
+    let mut tick = tokio::time::interval(super::lifecycle::POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let running = engine.in_flight.ids();
+        if running.is_empty() {
+            continue;
+        }
+        match engine.store.cancels_requested(&running).await {
+            Ok(ids) => {
+                for id in ids {
+                    engine.in_flight.cancel(&id);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "looking for cancelled runs failed; will retry"),
+        }
+    }
+}
+
+/// Deletes expired idempotency keys every ten minutes.
+async fn expire_idempotency_keys(engine: Arc<Engine>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match engine
+            .store
+            .purge_idempotency_keys(engine.clock.now())
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(keys = n, "expired idempotency keys deleted"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting expired idempotency keys failed; will retry")
+            }
         }
     }
 }

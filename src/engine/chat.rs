@@ -8,7 +8,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::error::{EngineError, Result, invalid};
-use super::tool_loop::{Delivery, Ended, converse};
+use super::runs::IdempotencyKey;
+use super::tool_loop::{Delivery, Ended, Progress, converse};
 use super::{ChatInput, ChatOutput, Engine};
 use crate::agents::{Agent, AgentStatus};
 use crate::llm::{ChatRequest, Message, ModelRoute, ProviderError, Role};
@@ -114,15 +115,31 @@ impl Engine {
     /// [`EngineError::Upstream`]; the tokens it spent are still recorded. The conversation
     /// runs in a task of its own, so a caller that goes away does not keep its tokens from
     /// being recorded.
-    #[tracing::instrument(skip(self, tenant, input), fields(tenant = %tenant.slug))]
-    pub async fn chat(self: &Arc<Self>, tenant: &Tenant, input: ChatInput) -> Result<ChatOutput> {
+    ///
+    /// With an idempotency key, a repeat of the request answers the first answer (`true`:
+    /// replayed) without running again.
+    #[tracing::instrument(skip(self, tenant, input, key), fields(tenant = %tenant.slug))]
+    pub async fn chat(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        input: ChatInput,
+        key: Option<IdempotencyKey>,
+    ) -> Result<(ChatOutput, bool)> {
         let chat = self.prepare_chat(tenant, input).await?;
-        let (engine, tenant) = (Arc::clone(self), tenant.clone());
-        tokio::spawn(async move { engine.complete_chat(&tenant, chat).await }.in_current_span())
-            .await
-            .map_err(|e| {
-                EngineError::Internal(anyhow::anyhow!("the task of a chat ended abnormally: {e}"))
-            })?
+        let (engine, owner) = (Arc::clone(self), tenant.clone());
+        let answer = async move {
+            tokio::spawn(async move { engine.complete_chat(&owner, chat).await }.in_current_span())
+                .await
+                .map_err(|e| {
+                    EngineError::Internal(anyhow::anyhow!(
+                        "the task of a chat ended abnormally: {e}"
+                    ))
+                })?
+        };
+        match key {
+            Some(key) => self.chat_once(tenant, &key, answer).await,
+            None => Ok((answer.await?, false)),
+        }
     }
 
     async fn complete_chat(&self, tenant: &Tenant, chat: Prepared) -> Result<ChatOutput> {
@@ -135,6 +152,7 @@ impl Engine {
                 deadline: Instant::now() + limit,
             },
             &self.telemetry.tool_calls,
+            &Progress::quiet(Arc::clone(&self.clock)),
         )
         .await;
         let turn = match talk.ended {

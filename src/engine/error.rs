@@ -29,6 +29,17 @@ pub enum EngineError {
     KeyLimit(u64),
     #[error("no tenant with slug '{0}'")]
     TenantNotFound(String),
+    #[error("no run with id '{0}' in this tenant")]
+    RunNotFound(String),
+    /// A cancel of a run that had ended otherwise.
+    #[error("the run has ended already: it is {0}")]
+    RunFinished(&'static str),
+    #[error("a request with this Idempotency-Key is still being answered; retry later")]
+    IdempotencyKeyInUse,
+    #[error(
+        "Idempotency-Key: this key was used for a different request (another method, path or body); use a new key"
+    )]
+    IdempotencyKeyReused,
     #[error("a tenant with slug '{0}' already exists")]
     TenantExists(String),
     /// A request value that is not acceptable; `field` is its JSON path in the request.

@@ -11,6 +11,7 @@ mod clock;
 mod durable;
 mod error;
 mod keys;
+mod lifecycle;
 mod meter;
 mod rate_limit;
 mod runs;
@@ -37,6 +38,8 @@ pub use chat::CHAT_TIMEOUT;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{EngineError, Result};
 pub use keys::Caller;
+pub use lifecycle::{RunEvent, RunView};
+pub use runs::{IdempotencyKey, RunAnswer, RunAsk};
 pub use telemetry::Figures;
 pub use tenants::NewTenant;
 pub use usage::UsageReport;
@@ -50,8 +53,8 @@ pub use crate::store::{CloseNotice, begin_close, wait_closed};
 
 /// The records and values the use cases answer with.
 pub use crate::store::{
-    AgentState, ApiKey, CheckReport, DayUsage, NewKey, Period, RunRecord, RunStatus, Tenant,
-    TenantPatch, Usage, Violation,
+    AgentState, ApiKey, CheckReport, DayUsage, NewKey, Period, RunRecord, RunStatus, Step,
+    StepKind, Tenant, TenantPatch, Usage, Violation,
 };
 
 /// The stable id of a tenant's agent: UUIDv5 of the tenant and the agent name.
@@ -79,7 +82,7 @@ pub struct ChatInput {
 }
 
 /// A complete chat answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChatOutput {
     pub id: String,
     pub content: String,
@@ -106,6 +109,7 @@ pub struct Engine {
     meter: meter::Meter,
     limiter: rate_limit::RateLimiter,
     telemetry: Arc<telemetry::Telemetry>,
+    in_flight: lifecycle::InFlight,
 }
 
 impl Engine {
@@ -160,6 +164,7 @@ impl Engine {
             meter: Default::default(),
             limiter: Default::default(),
             telemetry: Default::default(),
+            in_flight: Default::default(),
         }
     }
 

@@ -12,11 +12,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::error::{EngineError, Result, invalid};
-use super::tool_loop::{Delivery, Ended, converse};
+use super::tool_loop::{Delivery, Ended, Progress, converse};
 use super::{Engine, Listing, agent_id};
 use crate::agents::{Agent, AgentStatus};
 use crate::llm::{ChatRequest, Message, Role};
-use crate::store::{Period, Reservation, RunRecord, RunStatus, StoreError, Tenant};
+use crate::store::{Period, Reservation, RunRecord, RunStatus, Step, StoreError, Tenant};
+use tokio_util::sync::CancellationToken;
 
 /// The user message of a run: the input's message, then its context as JSON.
 fn run_prompt(input: &Map<String, Value>) -> String {
@@ -110,7 +111,7 @@ fn check_output(validator: &jsonschema::Validator, content: &str) -> Result<Valu
     }
 }
 
-/// The `error` of a run whose conversation was cut off.
+/// The `error` of a cancelled run.
 const CANCELLED: &str = "the run was cancelled";
 /// The `error` of a run whose model work panicked (the cause is logged).
 const PANICKED: &str = "internal error while running the agent; the cause is logged";
@@ -124,6 +125,8 @@ struct Outcome {
     output: Option<Value>,
     error: Option<String>,
     tokens: u64,
+    /// Stopped by a cancel.
+    cancelled: bool,
 }
 
 impl Outcome {
@@ -132,6 +135,7 @@ impl Outcome {
             output: Some(output),
             error: None,
             tokens,
+            cancelled: false,
         }
     }
     fn failed(error: String, tokens: u64) -> Self {
@@ -139,6 +143,13 @@ impl Outcome {
             output: None,
             error: Some(error),
             tokens,
+            cancelled: false,
+        }
+    }
+    fn cancelled(tokens: u64) -> Self {
+        Outcome {
+            cancelled: true,
+            ..Outcome::failed(CANCELLED.into(), tokens)
         }
     }
 
@@ -173,19 +184,22 @@ impl Outcome {
 const MAX_ERROR_BYTES: usize = 4096;
 
 impl Engine {
-    /// Runs agent `name` for `tenant`. Refusals (unknown agent, bad input, quota) are errors;
-    /// a run that started is always answered as its stored record, `completed` or `failed`.
+    /// Runs agent `name` for `tenant`. Refusals (unknown agent, bad input, quota, a reused
+    /// idempotency key) are errors; a run that started is always answered as its stored
+    /// record: `completed`, `failed` or `cancelled` — or, in the background, `running`.
     ///
-    /// Once started, the run completes in a task of its own: a caller that goes away (a client
+    /// Once started, a run completes in a task of its own: a caller that goes away (a client
     /// whose connection was reset, a proxy that gave up) does not stop it, so it always settles
-    /// with its tokens and its reservation. A panic of its model work fails it.
-    #[tracing::instrument(skip(self, tenant, input), fields(tenant = %tenant.slug))]
+    /// with its tokens and its reservation. A panic of its model work fails it; a cancel stops
+    /// it.
+    #[tracing::instrument(skip(self, tenant, input, ask), fields(tenant = %tenant.slug))]
     pub async fn run_agent(
         self: &Arc<Self>,
         tenant: &Tenant,
         name: &str,
         input: Map<String, Value>,
-    ) -> Result<RunRecord> {
+        ask: RunAsk,
+    ) -> Result<RunAnswer> {
         let agent = self
             .agents
             .snapshot()
@@ -197,6 +211,11 @@ impl Engine {
         }
         check_input(&agent, &input, self.settings.limits.max_run_input_bytes)?;
         let now = self.clock.now();
+        if let Some(key) = &ask.idempotency
+            && let Some(replay) = self.claim_for_run(tenant, key, now).await?
+        {
+            return Ok(replay);
+        }
         let period = self.period_at(now);
         let mut run = RunRecord::running(
             &tenant.slug,
@@ -209,46 +228,99 @@ impl Engine {
             i64::try_from(agent.spec.timeout_ms).unwrap_or(i64::MAX / 2),
         );
         run.deadline = now.checked_add_signed(timeout + RUN_GRACE);
-        let reservation = self
+        let begun = self
             .store
             .begin_run(&period, tenant.quota_runs, tenant.quota_tokens, &mut run)
-            .await?
-            .ok_or_else(|| run_quota_exceeded(tenant, &period))?;
+            .await
+            .map_err(EngineError::from)
+            .and_then(|r| r.ok_or_else(|| run_quota_exceeded(tenant, &period)));
+        let reservation = match begun {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(key) = &ask.idempotency {
+                    self.release_key(tenant, key).await;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(key) = &ask.idempotency
+            && let Err(e) = self
+                .store
+                .idempotent_run(&tenant.slug, &key.key, &run.id, ask.background)
+                .await
+        {
+            tracing::warn!(run = %run.id, error = %e, "the run's idempotency key does not name it yet");
+        }
+        let cancel = self.in_flight.start(&run.id);
         let engine = Arc::clone(self);
+        let started = run.clone();
         let finishing = tokio::spawn(
-            async move { engine.complete_run(&agent, &input, run, reservation).await }
-                .in_current_span(),
+            async move {
+                let id = run.id.clone();
+                let done = engine
+                    .complete_run(&agent, &input, run, reservation, &cancel)
+                    .await;
+                engine.in_flight.end(&id);
+                done
+            }
+            .in_current_span(),
         );
-        finishing.await.map_err(|e| {
+        if ask.background {
+            return Ok(RunAnswer {
+                run: started,
+                steps: Vec::new(),
+                replayed: false,
+                background: true,
+            });
+        }
+        let (run, steps) = finishing.await.map_err(|e| {
             EngineError::Internal(anyhow::anyhow!("the task of a run ended abnormally: {e}"))
-        })?
+        })??;
+        Ok(RunAnswer {
+            run,
+            steps,
+            replayed: false,
+            background: false,
+        })
     }
 
-    /// A started run's model work and its final record, stored with its counters.
+    /// A started run's model work (stopped by `cancel`), its steps written as they happen, and
+    /// its final record, stored with its counters.
     async fn complete_run(
         &self,
         agent: &Agent,
         input: &Map<String, Value>,
         mut run: RunRecord,
         reservation: Reservation,
-    ) -> Result<RunRecord> {
-        let outcome = AssertUnwindSafe(self.execute(agent, input))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(run = %run.id, panic = %what, "the model work of a run panicked");
-                Outcome::failed(PANICKED.into(), 0)
-            });
+        cancel: &CancellationToken,
+    ) -> Result<(RunRecord, Vec<Step>)> {
+        let (steps_tx, steps_rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = tokio::spawn(
+            write_steps(self.store.clone(), run.id.clone(), steps_rx).in_current_span(),
+        );
+        let progress = Progress::with_steps(Arc::clone(&self.clock), steps_tx);
+        let outcome = tokio::select! {
+            outcome = AssertUnwindSafe(self.execute(agent, input, &progress)).catch_unwind() => {
+                outcome.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(run = %run.id, panic = %what, "the model work of a run panicked");
+                    Outcome::failed(PANICKED.into(), progress.tokens())
+                })
+            }
+            // Dropping the model work aborts the provider's request at once.
+            () = cancel.cancelled() => Outcome::cancelled(progress.tokens()),
+        };
+        drop(progress);
+        let steps = writer.await.unwrap_or_default();
         let outcome = outcome.bounded(self.settings.limits.max_run_output_bytes);
-        run.status = if outcome.error.is_none() {
-            RunStatus::Completed
-        } else {
-            RunStatus::Failed
+        run.status = match (&outcome.error, outcome.cancelled) {
+            (_, true) => RunStatus::Cancelled,
+            (None, false) => RunStatus::Completed,
+            (Some(_), false) => RunStatus::Failed,
         };
         run.output = outcome.output;
         run.error = outcome.error;
@@ -279,13 +351,18 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(run)
+        Ok((run, steps))
     }
 
     /// The model work of a run, within the agent's `timeout_ms`: the conversation with tools,
     /// then the output checked against the agent's `output_schema`, with one repair attempt
     /// that shows the model what was wrong.
-    async fn execute(&self, agent: &Agent, input: &Map<String, Value>) -> Outcome {
+    async fn execute(
+        &self,
+        agent: &Agent,
+        input: &Map<String, Value>,
+        progress: &Progress,
+    ) -> Outcome {
         let Some(route) = self.models.get(&agent.spec.model) else {
             return Outcome::failed(format!("model '{}' is not configured", agent.spec.model), 0);
         };
@@ -308,6 +385,7 @@ impl Engine {
             agent.spec.max_tool_iterations,
             Delivery::Complete { deadline },
             &self.telemetry.tool_calls,
+            progress,
         )
         .await;
         let mut tokens = talk.tokens;
@@ -315,7 +393,7 @@ impl Engine {
             Ended::Answered(t) => t,
             Ended::Failed(e) => return Outcome::failed(e.to_string(), tokens),
             Ended::TimedOut => return Outcome::failed(timed_out(), tokens),
-            Ended::Cancelled => return Outcome::failed(CANCELLED.into(), tokens),
+            Ended::Cancelled => return Outcome::cancelled(tokens),
         };
         let (Some(validator), Some(schema)) = (&agent.output_validator, &agent.spec.output_schema)
         else {
@@ -348,6 +426,7 @@ impl Engine {
             0,
             Delivery::Complete { deadline },
             &self.telemetry.tool_calls,
+            progress,
         )
         .await;
         tokens = tokens.saturating_add(talk.tokens);
@@ -360,7 +439,7 @@ impl Engine {
                 Outcome::failed(format!("{problem}; the repair attempt failed: {e}"), tokens)
             }
             Ended::TimedOut => Outcome::failed(timed_out(), tokens),
-            Ended::Cancelled => Outcome::failed(CANCELLED.into(), tokens),
+            Ended::Cancelled => Outcome::cancelled(tokens),
         }
     }
 
@@ -401,4 +480,47 @@ fn run_quota_exceeded(tenant: &Tenant, period: &Period) -> EngineError {
         (period.end + chrono::Duration::seconds(1))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     ))
+}
+
+/// How a run is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct RunAsk {
+    /// Answer as soon as the run has started (`Prefer: respond-async`).
+    pub background: bool,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// A request's `Idempotency-Key`, and the fingerprint of the request (method, path, body).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// A run as answered.
+#[derive(Debug, Clone)]
+pub struct RunAnswer {
+    pub run: RunRecord,
+    pub steps: Vec<Step>,
+    /// The answer of an earlier request with the same idempotency key.
+    pub replayed: bool,
+    /// The run was asked for in the background (the first time, for a replay).
+    pub background: bool,
+}
+
+/// Writes a run's steps to the store as they come, numbered from 1, and returns them all.
+async fn write_steps(
+    store: crate::store::Store,
+    run_id: String,
+    mut steps: tokio::sync::mpsc::UnboundedReceiver<Step>,
+) -> Vec<Step> {
+    let mut all = Vec::new();
+    while let Some(step) = steps.recv().await {
+        let n = all.len() as u64 + 1;
+        if let Err(e) = store.append_step(&run_id, n, &step).await {
+            tracing::warn!(run = %run_id, step = n, error = %e, "a step of the run could not be stored");
+        }
+        all.push(step);
+    }
+    all
 }

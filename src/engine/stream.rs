@@ -8,7 +8,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use tracing::Instrument;
 
 use super::error::Result;
-use super::tool_loop::{Delivery, Ended, converse};
+use super::tool_loop::{Delivery, Ended, Progress, converse};
 use super::{ChatChunk, ChatInput, Engine};
 use crate::store::Tenant;
 
@@ -37,6 +37,7 @@ impl Engine {
                     chat.iterations(),
                     delivery,
                     &engine.telemetry.tool_calls,
+                    &Progress::quiet(Arc::clone(&engine.clock)),
                 )
                 .await;
                 let last = |finish: &str, error: Option<String>| ChatChunk {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{ChatInput, Engine, EngineError, ManualClock, NewTenant, RunStatus, Tenant};
+use super::{ChatInput, Engine, EngineError, ManualClock, NewTenant, RunAsk, RunStatus, Tenant};
 use crate::config::{ModelSettings, ProviderKind, ProviderSettings, Settings};
 use crate::llm::{Message, Models, Role};
 use crate::store::Store;
@@ -68,9 +68,11 @@ async fn a_run_and_a_chat_are_recorded_in_usage() {
             &tenant,
             "echo",
             json!({"message": "hello"}).as_object().unwrap().clone(),
+            RunAsk::default(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .run;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
     assert!(run.tokens_used > 0);
     assert!(run.output.is_some());
@@ -83,9 +85,11 @@ async fn a_run_and_a_chat_are_recorded_in_usage() {
                 model: Some("llama-3.1-8b".into()),
                 agent_type: None,
             },
+            None,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(!chat.content.is_empty());
     assert_eq!(chat.model, "llama-3.1-8b");
 
@@ -100,7 +104,7 @@ async fn a_run_and_a_chat_are_recorded_in_usage() {
     assert_eq!(usage.total_api_calls, 1, "the authentication of `acme`");
 
     let unknown = engine
-        .run_agent(&tenant, "nobody", Default::default())
+        .run_agent(&tenant, "nobody", Default::default(), RunAsk::default())
         .await
         .unwrap_err();
     assert!(
@@ -116,10 +120,14 @@ async fn a_new_billing_period_starts_at_the_month_boundary() {
     let tenant = acme(&engine, 1).await;
     let input = || json!({"message": "hi"}).as_object().unwrap().clone();
 
-    let january = engine.run_agent(&tenant, "echo", input()).await.unwrap();
+    let january = engine
+        .run_agent(&tenant, "echo", input(), RunAsk::default())
+        .await
+        .unwrap()
+        .run;
     assert_eq!(january.started_at, at("2026-01-31T23:59:00Z"));
     let refused = engine
-        .run_agent(&tenant, "echo", input())
+        .run_agent(&tenant, "echo", input(), RunAsk::default())
         .await
         .unwrap_err();
     assert!(
@@ -135,7 +143,11 @@ async fn a_new_billing_period_starts_at_the_month_boundary() {
     assert_eq!(report.period.start, at("2026-02-01T00:00:00Z"));
     assert_eq!(report.period.end, at("2026-02-28T23:59:59Z"));
     assert_eq!(report.usage.total_runs, 0, "January's run stays in January");
-    let february = engine.run_agent(&tenant, "echo", input()).await.unwrap();
+    let february = engine
+        .run_agent(&tenant, "echo", input(), RunAsk::default())
+        .await
+        .unwrap()
+        .run;
     assert_eq!(february.status, RunStatus::Completed);
     assert_eq!(engine.usage(&tenant).await.unwrap().usage.total_runs, 1);
     let days: Vec<String> = engine

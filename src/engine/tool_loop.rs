@@ -2,6 +2,8 @@
 //! for, call it again, at most the agent's `max_tool_iterations` times, within a deadline; every
 //! model call's tokens are counted, also when the conversation fails, times out or is cut off.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -9,8 +11,71 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ChatChunk;
+use super::clock::Clock;
 use super::telemetry::ToolCalls;
 use crate::llm::{ChatRequest, Message, ModelRoute, ProviderError, Role, StreamEvent, ToolCall};
+use crate::store::{Step, StepKind};
+
+/// Longest tool arguments or result kept in a step.
+const STEP_TEXT_BYTES: usize = 16 * 1024;
+
+/// What a conversation reports as it goes, for a caller that may stop it early (a cancelled
+/// run) or follows it (a run's steps): each step as it ends, and the tokens spent so far —
+/// those reported by finished model calls, and the estimated prompt of a call in progress.
+pub(super) struct Progress {
+    clock: Arc<dyn Clock>,
+    reported: AtomicU64,
+    in_call: AtomicU64,
+    steps: Option<mpsc::UnboundedSender<Step>>,
+}
+
+impl Progress {
+    /// Progress told to nobody (chats).
+    pub(super) fn quiet(clock: Arc<dyn Clock>) -> Progress {
+        Progress {
+            clock,
+            reported: AtomicU64::new(0),
+            in_call: AtomicU64::new(0),
+            steps: None,
+        }
+    }
+
+    /// Progress whose steps are sent to `steps` as they end (runs).
+    pub(super) fn with_steps(
+        clock: Arc<dyn Clock>,
+        steps: mpsc::UnboundedSender<Step>,
+    ) -> Progress {
+        Progress {
+            steps: Some(steps),
+            ..Progress::quiet(clock)
+        }
+    }
+
+    /// Tokens spent so far, a call in progress counted by its prompt.
+    pub(super) fn tokens(&self) -> u64 {
+        self.reported
+            .load(Ordering::Relaxed)
+            .saturating_add(self.in_call.load(Ordering::Relaxed))
+    }
+
+    fn step(&self, step: Step) {
+        if let Some(tx) = &self.steps {
+            let _ = tx.send(step);
+        }
+    }
+}
+
+/// `text` cut to [`STEP_TEXT_BYTES`].
+fn bounded(text: &str) -> String {
+    if text.len() <= STEP_TEXT_BYTES {
+        return text.to_string();
+    }
+    let mut cut = STEP_TEXT_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
+}
 
 /// How the model's answers are taken.
 pub(super) enum Delivery<'a> {
@@ -61,6 +126,7 @@ pub(super) async fn converse(
     iterations: u32,
     delivery: Delivery<'_>,
     tools: &ToolCalls,
+    progress: &Progress,
 ) -> Conversation {
     let mut tokens = 0u64;
     let mut used = 0;
@@ -74,11 +140,34 @@ pub(super) async fn converse(
         } else {
             call.tools.clear();
         }
+        progress
+            .in_call
+            .store(prompt_estimate(&call), Ordering::Relaxed);
+        let started_at = progress.clock.now();
+        let clock = Instant::now();
         let (answer, spent) = match &delivery {
             Delivery::Complete { deadline } => complete(route, call, *deadline).await,
             Delivery::Streamed { tx, silence } => streamed(route, call, tx, *silence).await,
         };
         tokens = tokens.saturating_add(spent);
+        progress.reported.fetch_add(spent, Ordering::Relaxed);
+        progress.in_call.store(0, Ordering::Relaxed);
+        progress.step(Step {
+            kind: StepKind::Model,
+            name: route.name.clone(),
+            arguments: None,
+            result: None,
+            tokens: spent,
+            started_at,
+            duration_ms: clock.elapsed().as_millis() as u64,
+            error: match &answer {
+                Ok(_) => None,
+                Err(Ended::Failed(e)) => Some(e.to_string()),
+                Err(Ended::TimedOut) => Some("timed out".into()),
+                Err(Ended::Cancelled) => Some("cancelled".into()),
+                Err(Ended::Answered(_)) => None,
+            },
+        });
         let answer = match answer {
             Ok(a) => a,
             Err(ended) => return Conversation { ended, tokens },
@@ -95,8 +184,23 @@ pub(super) async fn converse(
             };
         }
         used += 1;
-        run_tools(&mut req.messages, answer.content, answer.tool_calls, tools).await;
+        run_tools(
+            &mut req.messages,
+            answer.content,
+            answer.tool_calls,
+            tools,
+            progress,
+        )
+        .await;
     }
+}
+
+/// Estimated tokens of a request's prompt.
+fn prompt_estimate(call: &ChatRequest) -> u64 {
+    call.messages
+        .iter()
+        .map(|m| estimate_tokens(&m.content))
+        .sum()
 }
 
 /// One complete answer, and its tokens.
@@ -133,11 +237,7 @@ async fn streamed(
     tx: &mpsc::Sender<ChatChunk>,
     silence: Duration,
 ) -> (Result<Answer, Ended>, u64) {
-    let prompt: u64 = call
-        .messages
-        .iter()
-        .map(|m| estimate_tokens(&m.content))
-        .sum();
+    let prompt = prompt_estimate(&call);
     let quiet = || {
         Ended::Failed(ProviderError::Transient(format!(
             "the model sent nothing for {} ms",
@@ -215,12 +315,14 @@ async fn run_tools(
     content: String,
     calls: Vec<ToolCall>,
     counts: &ToolCalls,
+    progress: &Progress,
 ) {
-    let results = futures_util::future::join_all(
-        calls
-            .iter()
-            .map(|c| crate::tools::run(&c.name, &c.arguments)),
-    )
+    let started_at = progress.clock.now();
+    let clock = Instant::now();
+    let results = futures_util::future::join_all(calls.iter().map(|c| async {
+        let r = crate::tools::run(&c.name, &c.arguments).await;
+        (r, clock.elapsed())
+    }))
     .await;
     messages.push(Message {
         role: Role::Assistant,
@@ -228,9 +330,19 @@ async fn run_tools(
         tool_calls: calls.clone(),
         tool_call_id: None,
     });
-    for (call, result) in calls.into_iter().zip(results) {
+    for (call, (result, took)) in calls.into_iter().zip(results) {
         tracing::debug!(tool = %call.name, ok = result.is_ok(), "tool call");
         counts.record(&call.name, result.is_ok());
+        progress.step(Step {
+            kind: StepKind::Tool,
+            name: bounded(&call.name),
+            arguments: Some(bounded(&call.arguments)),
+            result: result.as_ref().ok().map(|r| bounded(r)),
+            tokens: 0,
+            started_at,
+            duration_ms: took.as_millis() as u64,
+            error: result.as_ref().err().map(|e| bounded(e)),
+        });
         messages.push(Message {
             role: Role::Tool,
             content: result.unwrap_or_else(|e| format!("error: {e}")),

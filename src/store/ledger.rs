@@ -294,7 +294,9 @@ impl Store {
                     IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
                       tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
                       started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance, \
-                      deadline: <option<datetime>>($r.deadline ?? NONE) } RETURN NONE; }; \
+                      deadline: <option<datetime>>($r.deadline ?? NONE) } RETURN NONE; \
+                      CREATE type::record('run_ref', $r.run_id) SET agent_id = $r.agent_id, seq = $seq, \
+                        tenant = $r.tenant RETURN NONE; }; \
                     RETURN $seq; \
                     COMMIT;";
                 let vars = json!({
@@ -510,6 +512,9 @@ IF $bn{i} > 0 {{
     tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input,
     started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance,
     deadline: <option<datetime>>($r.deadline ?? NONE) }}) RETURN NONE;
+  INSERT INTO run_ref array::slice($b{i}.runs, 0, $bn{i}).map(|$r, $k| {{
+    id: type::record('run_ref', $r.run_id), agent_id: $r.agent_id, seq: $bb{i} + $k + 1,
+    tenant: $r.tenant }}) RETURN NONE;
 }};
 "
         );
@@ -652,7 +657,8 @@ impl Store {
 
 impl Store {
     /// Creates `n` completed runs of one agent started today, in batches, with their counters
-    /// and usage (benchmarks and load tests: `bench/fill.rs`). Not used by the server.
+    /// and usage, each with `text_bytes` of text as its input's `message` and its output's
+    /// `response` (benchmarks and load tests: `bench/fill.rs`). Not used by the server.
     pub async fn generate_runs(
         &self,
         tenant: &str,
@@ -660,13 +666,17 @@ impl Store {
         agent_id: &str,
         period: &Period,
         n: u64,
+        text_bytes: usize,
     ) -> Result<()> {
         const BATCH: u64 = 5_000;
+        // Large runs go in smaller transactions.
+        let batch = BATCH.min((4 << 20) / (text_bytes as u64 + 1)).max(1);
+        let text = "x".repeat(text_bytes);
         let now = chrono::Utc::now();
         let r = reservation(tenant, period, now);
         let mut done = 0;
         while done < n {
-            let count = BATCH.min(n - done);
+            let count = batch.min(n - done);
             let sql = "BEGIN; \
                 LET $base = (UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
                   created_at = created_at ?? time::now(), run_seq += $count RETURN run_seq)[0].run_seq - $count; \
@@ -674,8 +684,10 @@ impl Store {
                   LET $id = rand::uuid::v7(); \
                   CREATE type::record('run', [$agent_id, $base + $i + 1]) CONTENT { run_id: <string>$id, seq: $base + $i + 1, \
                     tenant: $tenant, agent: $agent, \
-                    agent_id: $agent_id, status: 'completed', input: {message: 'generated'}, output: {response: 'generated'}, \
+                    agent_id: $agent_id, status: 'completed', input: {message: $text}, output: {response: $text}, \
                     started_at: time::now(), finished_at: time::now(), duration_ms: 1, tokens_used: 10 } RETURN NONE; \
+                  CREATE type::record('run_ref', <string>$id) SET agent_id = $agent_id, seq = $base + $i + 1, \
+                    tenant = $tenant RETURN NONE; \
                 }; \
                 UPSERT type::record('usage_period', $period) SET tenant = $tenant, start = $start, runs += $count, tokens += $count * 10; \
                 UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += $count, tokens += $count * 10; \
@@ -685,7 +697,7 @@ impl Store {
             let vars = json!({
                 "count": count, "tenant": tenant, "agent": agent, "agent_id": agent_id,
                 "period": r.period_key, "day": r.day_key, "date": r.date,
-                "start": period.start.date_naive().to_string(),
+                "start": period.start.date_naive().to_string(), "text": text,
             });
             self.run_retrying(sql, vars).await?;
             done += count;

@@ -129,6 +129,38 @@ DEFINE FIELD IF NOT EXISTS deadline ON run TYPE option<datetime>;
 DEFINE FIELD IF NOT EXISTS keys_changed_at ON tenant TYPE option<datetime>;
 "#,
     ),
+    (
+        5,
+        r#"
+-- Runs as resources. `run_ref:⟨run_id⟩` names a run's record, so a run is fetched by its id
+-- with one direct read, like a key by its credential.
+DEFINE TABLE IF NOT EXISTS run_ref SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS agent_id ON run_ref TYPE string;
+DEFINE FIELD IF NOT EXISTS seq ON run_ref TYPE int;
+DEFINE FIELD IF NOT EXISTS tenant ON run_ref TYPE string;
+FOR $r IN (SELECT run_id, agent_id, seq, tenant FROM run) {
+    UPSERT type::record('run_ref', $r.run_id) SET agent_id = $r.agent_id, seq = $r.seq, tenant = $r.tenant;
+};
+-- A run's steps as they happen, `run_event:[run_id, n]` from 1, so that any instance can
+-- follow a run and resume after the last event it sent.
+DEFINE TABLE IF NOT EXISTS run_event SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS step ON run_event TYPE object FLEXIBLE;
+-- Set by a cancel request; the instance running the run stops it.
+DEFINE FIELD IF NOT EXISTS cancel ON run TYPE option<bool>;
+-- Idempotency keys, `idempotency:[tenant, key]`: the first request's fingerprint, and once
+-- answered, its status and body.
+DEFINE TABLE IF NOT EXISTS idempotency SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS fingerprint ON idempotency TYPE string;
+DEFINE FIELD IF NOT EXISTS instance ON idempotency TYPE string;
+DEFINE FIELD IF NOT EXISTS run_id ON idempotency TYPE option<string>;
+DEFINE FIELD IF NOT EXISTS background ON idempotency TYPE option<bool>;
+DEFINE FIELD IF NOT EXISTS status ON idempotency TYPE option<int>;
+DEFINE FIELD IF NOT EXISTS body ON idempotency TYPE option<string>;
+DEFINE FIELD IF NOT EXISTS created_at ON idempotency TYPE datetime;
+DEFINE FIELD IF NOT EXISTS expires_at ON idempotency TYPE datetime;
+DEFINE INDEX IF NOT EXISTS idempotency_expires ON idempotency FIELDS expires_at;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.

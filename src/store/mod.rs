@@ -5,9 +5,11 @@
 
 mod check;
 mod close;
+mod idempotency;
 mod instances;
 mod keys;
 mod ledger;
+mod lifecycle;
 mod migrations;
 mod records;
 mod retention;
@@ -31,9 +33,11 @@ use crate::config::DatabaseSettings;
 
 pub use check::{CheckReport, Violation};
 pub use close::{CloseNotice, begin_close, wait_closed};
+pub use idempotency::Claim;
 pub use instances::{INTERRUPTED, OVERDUE, Reaped};
 pub use keys::{ApiKey, KeyAuth, KeyCreation, NewKey, generate_secret, hash_secret, key_prefix};
-pub use records::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus};
+pub use lifecycle::CancelRequest;
+pub use records::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus, Step, StepKind};
 pub use retention::Purged;
 pub use tenants::{Tenant, TenantPatch};
 pub use usage::{DayUsage, Period, Usage};

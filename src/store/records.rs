@@ -13,6 +13,8 @@ pub enum RunStatus {
     Running,
     Completed,
     Failed,
+    /// Stopped by its tenant; counted like a failed run (it started).
+    Cancelled,
 }
 
 impl RunStatus {
@@ -21,8 +23,39 @@ impl RunStatus {
             RunStatus::Running => "running",
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
         }
     }
+}
+
+/// One step of a run: a model call or a tool call, in the order they happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// `model` or `tool`.
+    pub kind: StepKind,
+    /// The model's name, or the tool's.
+    pub name: String,
+    /// A tool call's arguments as the model gave them (cut to a bound).
+    #[serde(default)]
+    pub arguments: Option<String>,
+    /// A tool call's result (cut to a bound).
+    #[serde(default)]
+    pub result: Option<String>,
+    /// Tokens of a model call (0 for tools).
+    #[serde(default)]
+    pub tokens: u64,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// Why the step failed; `None` when it did not.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Model,
+    Tool,
 }
 
 /// One run of an agent, as stored and as answered.

@@ -23,6 +23,7 @@ pub struct Purged {
 struct OldRun {
     agent_id: String,
     seq: u64,
+    run_id: String,
 }
 
 impl Store {
@@ -40,7 +41,7 @@ impl Store {
         loop {
             let old: Vec<OldRun> = self
                 .rows(
-                    "SELECT agent_id, seq FROM run WHERE started_at < <datetime>$cutoff \
+                    "SELECT agent_id, seq, run_id FROM run WHERE started_at < <datetime>$cutoff \
                      AND status != 'running' LIMIT $n",
                     json!({"cutoff": cutoff, "n": BATCH}),
                     0,
@@ -55,6 +56,7 @@ impl Store {
                 *t = (*t).max(r.seq);
             }
             let ids: Vec<_> = old.iter().map(|r| json!([r.agent_id, r.seq])).collect();
+            let run_ids: Vec<&str> = old.iter().map(|r| r.run_id.as_str()).collect();
             let tops: Vec<_> = top
                 .iter()
                 .map(|(a, s)| json!({"agent": a, "seq": s}))
@@ -62,10 +64,12 @@ impl Store {
             self.run_retrying(
                 "BEGIN; \
                  FOR $id IN $ids { DELETE type::record('run', $id); }; \
+                 FOR $r IN $run_ids { DELETE type::record('run_ref', $r); \
+                   DELETE run_event:[$r, 0]..=[$r, 1000000]; }; \
                  FOR $t IN $tops { UPDATE type::record('agent_state', $t.agent) \
                    SET purged_seq = IF purged_seq < $t.seq { $t.seq } ELSE { purged_seq }; }; \
                  COMMIT;",
-                json!({"ids": ids, "tops": tops}),
+                json!({"ids": ids, "tops": tops, "run_ids": run_ids}),
             )
             .await?;
             purged.runs += old.len() as u64;

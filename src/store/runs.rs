@@ -102,7 +102,7 @@ mod tests {
         let store = store().await;
         let period = Period::containing(Utc::now(), 1);
         store
-            .generate_runs("acme", "echo", "acme-echo", &period, 7)
+            .generate_runs("acme", "echo", "acme-echo", &period, 7, 9)
             .await
             .unwrap();
         let report = store.check(1).await.unwrap();

@@ -19,6 +19,7 @@ mod procs;
 mod properties;
 mod providers;
 mod real_model;
+mod runs;
 mod snapshots;
 mod statuses;
 mod upstream;

@@ -21,7 +21,7 @@ pub enum Reply {
     Status(u16, Value, Option<&'static str>),
     /// 200 `text/event-stream`: each chunk after its pause. The stream ends after the last one.
     Stream(Vec<(Duration, String)>),
-    /// Never answers (a timeout).
+    /// Never finishes its answer (a timeout).
     Hang,
     /// This reply after a pause.
     Later(Duration, Box<Reply>),
@@ -31,7 +31,8 @@ pub enum Reply {
 struct Script {
     replies: Mutex<VecDeque<Reply>>,
     requests: Mutex<Vec<Value>>,
-    /// Set when a stream's body was dropped before it ended (the client went away).
+    /// Set when a stream's body, or a hanging answer, was dropped before it ended (the client
+    /// went away).
     cancelled: AtomicBool,
 }
 
@@ -94,9 +95,16 @@ async fn completions(script: Data<&Arc<Script>>, body: String) -> Response {
         Some(Reply::Later(..)) => Response::builder()
             .status(poem::http::StatusCode::INTERNAL_SERVER_ERROR)
             .body("a later reply may not be later again"),
+        // Headers at once, then a body that never ends: a space (leading JSON whitespace)
+        // every 50 ms, so that a client that goes away is noticed at the next one.
         Some(Reply::Hang) => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Response::builder().finish()
+            let stream = futures_util::stream::unfold(Guard(script, false), |guard| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some((Ok::<_, std::io::Error>(b" ".to_vec()), guard))
+            });
+            Response::builder()
+                .content_type("application/json")
+                .body(Body::from_bytes_stream(stream))
         }
         Some(Reply::Stream(chunks)) => {
             let stream = futures_util::stream::unfold(
