@@ -5,9 +5,10 @@ and ARES_URL / ARES_KEY naming a live server and a key of a tenant that has the
 example agents.
 """
 import os
+import time
 
 from pyclient import AuthenticatedClient
-from pyclient.api.agents import get_agent, list_agent_runs, list_agents, run_agent
+from pyclient.api.agents import cancel_run, get_agent, get_run, list_agent_runs, list_agents, run_agent
 from pyclient.api.api_keys import create_api_key, list_api_keys, revoke_api_key
 from pyclient.api.usage import get_usage
 from pyclient.models import AgentList, CreatedKey, CreateKeyRequest, RunList, RunRequest, RunRequestInput, RunResponse, UsageResponse
@@ -36,6 +37,27 @@ assert run.tokens_used > 0
 runs = list_agent_runs.sync("risk-analyzer", client=client)
 assert isinstance(runs, RunList) and runs.runs[0].id == run.id, runs
 
+# A run by its id, with its steps; in the background; cancels; an idempotent repeat.
+fetched = get_run.sync(run.id, client=client)
+assert isinstance(fetched, RunResponse) and fetched.id == run.id, fetched
+assert fetched.agent_name == "risk-analyzer" and fetched.steps and fetched.steps[0].kind == "model", fetched
+body = RunRequest(input_=RunRequestInput.from_dict({"message": "Evaluate this transaction"}))
+started = run_agent.sync_detailed("risk-analyzer", client=client, body=body, prefer="respond-async")
+assert started.status_code == 202, started
+assert started.headers["location"] == f"/v1/runs/{started.parsed.id}", started.headers
+for _ in range(100):
+    current = get_run.sync(started.parsed.id, client=client)
+    if current.status != "running":
+        break
+    time.sleep(0.05)
+assert current.status == "completed", current
+refused = cancel_run.sync_detailed(current.id, client=client)
+assert refused.status_code == 409, refused
+first = run_agent.sync_detailed("risk-analyzer", client=client, body=body, idempotency_key=f"py-{run.id}")
+again = run_agent.sync_detailed("risk-analyzer", client=client, body=body, idempotency_key=f"py-{run.id}")
+assert first.status_code == again.status_code == 200, (first, again)
+assert again.headers.get("idempotent-replayed") == "true" and again.parsed.id == first.parsed.id, again
+
 usage = get_usage.sync(client=client)
 assert isinstance(usage, UsageResponse), usage
 assert usage.total_runs >= 1 and usage.quota_runs > 0
@@ -47,4 +69,4 @@ revoked = revoke_api_key.sync_detailed(created.key, client=client)
 assert revoked.status_code == 204, revoked
 assert all(k.id != created.key for k in list_api_keys.sync(client=client).keys)
 
-print("python client: list agents, get agent, run, runs, usage, create and revoke a key: ok")
+print("python client: list agents, get agent, run, runs, a run by id, a background run, a cancel, an idempotent repeat, usage, create and revoke a key: ok")

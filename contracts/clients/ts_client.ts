@@ -26,6 +26,23 @@ check(run.data !== undefined, "run");
 check(run.data.status === "completed", `run completed: ${JSON.stringify(run.data)}`);
 check(run.data.tokens_used > 0, "tokens used");
 
+const fetched = await client.GET("/v1/runs/{id}", { params: { path: { id: run.data.id } } });
+check(fetched.data !== undefined && fetched.data.id === run.data.id, "a run by its id");
+check((fetched.data.steps ?? []).length > 0, "with its steps");
+const started = await client.POST("/v1/agents/{name}/run", {
+  params: { path: { name: "risk-analyzer" }, header: { Prefer: "respond-async" } },
+  body: { input: { message: "Evaluate this transaction" } },
+});
+check(started.response.status === 202, `a background run: ${started.response.status}`);
+check(started.response.headers.get("location") === `/v1/runs/${started.data?.id}`, "its location");
+const refused = await client.POST("/v1/runs/{id}/cancel", { params: { path: { id: run.data.id } } });
+check(refused.error !== undefined && refused.error.error.code === "run_finished", "a finished run is not cancelled");
+const keyed = { params: { path: { name: "risk-analyzer" }, header: { "Idempotency-Key": `ts-${run.data.id}` } },
+  body: { input: { message: "Evaluate this transaction" } } };
+const first = await client.POST("/v1/agents/{name}/run", keyed);
+const again = await client.POST("/v1/agents/{name}/run", keyed);
+check(again.response.headers.get("idempotent-replayed") === "true" && again.data?.id === first.data?.id, "an idempotent repeat");
+
 const usage = await client.GET("/v1/usage");
 check(usage.data !== undefined && usage.data.total_runs >= 1, "usage counts the run");
 
@@ -36,4 +53,4 @@ check(revoked.response.status === 204, "key revoked");
 const missing = await client.GET("/v1/agents/{name}", { params: { path: { name: "no-such-agent" } } });
 check(missing.error !== undefined && missing.error.error.code === "agent_not_found", "typed error body");
 
-console.log("typescript client: list agents, run, usage, create and revoke a key, typed errors: ok");
+console.log("typescript client: list agents, run, a run by id, a background run, a refused cancel, an idempotent repeat, usage, create and revoke a key, typed errors: ok");

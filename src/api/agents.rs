@@ -453,6 +453,8 @@ impl AgentsApi {
     /// fails (model error, invalid output, timeout) is answered with status 200, `status:
     /// "failed"` and an `error`; it is recorded and counted like any run.
     #[oai(path = "/agents/:name/run", method = "post", operation_id = "runAgent")]
+    // One parameter per part of the operation the spec describes.
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         app: Data<&Arc<App>>,
@@ -465,17 +467,18 @@ impl AgentsApi {
         prefer: Header<Option<String>>,
         /// Any unique string (up to 255 characters), e.g. a UUID: a repeat of this request with
         /// the same key, within 24 h, runs nothing and answers the first request's run.
-        #[oai(name = "Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, pattern = "^[ -~]*$")
+        )]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<RunRequest>,
+        req: &poem::Request,
     ) -> RunAgentResponse {
+        // The key is read from the raw header: a value that is not text is refused, not missed.
         let input = body.0.input.0;
-        let key = match idempotency(
-            idempotency_key.0,
-            "POST",
-            &format!("/v1/agents/{}/run", name.0),
-            &input,
-        ) {
+        let path = format!("/v1/agents/{}/run", name.0);
+        let key = match idempotency(req.headers(), "POST", &path, &input) {
             Ok(k) => k,
             Err(e) => return e.into(),
         };

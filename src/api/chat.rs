@@ -168,11 +168,16 @@ impl ChatApi {
         auth: ApiKeyAuth,
         /// Any unique string (up to 255 characters), e.g. a UUID: a repeat of this request with
         /// the same key, within 24 h, is answered the first answer without calling the model.
-        #[oai(name = "Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, pattern = "^[ -~]*$")
+        )]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<ChatRequest>,
+        req: &poem::Request,
     ) -> ChatEndpointResponse {
-        let key = match idempotency(idempotency_key.0, "POST", "/v1/chat", &body.0) {
+        // The key is read from the raw header: a value that is not text is refused, not missed.
+        let key = match idempotency(req.headers(), "POST", "/v1/chat", &body.0) {
             Ok(k) => k,
             Err(e) => return e.into(),
         };

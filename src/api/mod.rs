@@ -107,21 +107,25 @@ pub fn prefers_async(prefer: Option<&str>) -> bool {
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// A request's `Idempotency-Key` with the request's fingerprint (method, path and body), or a
-/// 400 naming the header when the key is not 1-255 printable characters.
+/// 400 naming the header when the key is not up to 255 printable ASCII characters (spaces
+/// included). A key that is empty once its surrounding spaces are trimmed is no key.
 pub fn idempotency(
-    key: Option<String>,
+    headers: &poem::http::HeaderMap,
     method: &str,
     path: &str,
     body: &impl serde::Serialize,
 ) -> Result<Option<crate::engine::IdempotencyKey>, ApiError> {
     use sha2::{Digest, Sha256};
-    let Some(key) = key else { return Ok(None) };
-    if key.is_empty()
-        || key.len() > MAX_IDEMPOTENCY_KEY
-        || !key.bytes().all(|b| b.is_ascii_graphic())
-    {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw.as_bytes().trim_ascii();
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY || !key.iter().all(|b| (b' '..=b'~').contains(b)) {
         return Err(ApiError::invalid(format!(
-            "Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            "Idempotency-Key: must be at most {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
         )));
     }
     let mut hash = Sha256::new();
@@ -131,7 +135,10 @@ pub fn idempotency(
     hash.update(b"\n");
     hash.update(serde_json::to_vec(body).unwrap_or_default());
     let fingerprint = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Some(crate::engine::IdempotencyKey { key, fingerprint }))
+    Ok(Some(crate::engine::IdempotencyKey {
+        key: String::from_utf8_lossy(key).into_owned(),
+        fingerprint,
+    }))
 }
 
 fn request_id_header() -> ExtraHeader {

@@ -9,7 +9,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::agents::{RunResponse, RunStep};
 use super::auth::ApiKeyAuth;
-use super::error::{ApiError, responses};
+use super::error::responses;
 use super::wire::NumberedSse;
 use super::{ApiTags, App};
 use crate::engine::{RunEvent, RunView};
@@ -132,21 +132,10 @@ impl RunsApi {
         /// The run's id.
         id: Path<String>,
         /// The id of the last event received; the stream resumes after it.
-        #[oai(name = "Last-Event-ID")]
-        last_event_id: Header<Option<String>>,
+        #[oai(name = "Last-Event-ID", validator(minimum(value = "0")))]
+        last_event_id: Header<Option<u64>>,
     ) -> RunEventsResponse {
-        let after = match last_event_id.0.as_deref().map(str::trim) {
-            None | Some("") => 0,
-            Some(text) => match text.parse::<u64>() {
-                Ok(n) => n,
-                Err(_) => {
-                    return ApiError::invalid(format!(
-                        "Last-Event-ID: expected the id of an event (a whole number), got {text:?}"
-                    ))
-                    .into();
-                }
-            },
-        };
+        let after = last_event_id.0.unwrap_or(0);
         match app.engine.follow_run(&auth.0.tenant, &id.0, after).await {
             Ok(events) => {
                 use futures_util::StreamExt;

@@ -601,3 +601,187 @@ async fn soak_mixed_load_without_errors_growth_or_lost_usage() {
     let (code, out) = ares_check(&c.env);
     assert_eq!(code, 0, "ares check: {out}");
 }
+
+/// A run request with headers, sent to `inst`.
+async fn run_with(inst: &Ares, key: &str, headers: &[(&str, &str)], message: &str) -> Reply {
+    let mut req = inst
+        .client
+        .post(format!("{}/v1/agents/worker/run", inst.base))
+        .bearer_auth(key)
+        .json_body(&json!({"input": {"message": message}}));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Reply::read(req.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_repeats_of_one_idempotency_key_over_two_instances_make_one_run() {
+    let Some(c) = Cluster::start(Duration::from_millis(600)).await else {
+        return;
+    };
+    let a = Ares::start("a", &c.env).await;
+    let b = Ares::start("b", &c.env).await;
+    let key = a.tenant(&slug(), json!({})).await;
+    let sends = (0..50).map(|i| {
+        let inst = if i % 2 == 0 { &a } else { &b };
+        run_with(
+            inst,
+            &key,
+            &[("idempotency-key", "order-4711")],
+            "charge once",
+        )
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for r in &answers {
+        match r.status {
+            200 => {
+                ids.insert(r.body["id"].as_str().unwrap().to_string());
+            }
+            409 => assert_eq!(r.code(), "idempotency_key_in_use", "{}", r.text),
+            other => panic!("{other}: {}", r.text),
+        }
+    }
+    assert!(ids.len() <= 1, "one run: {ids:?}");
+    assert_eq!(c.upstream.requests(), 1, "one provider call");
+    let runs = b.all_runs(&key, "worker").await;
+    assert_eq!(runs.len(), 1);
+    let usage = a.get("/v1/usage", &key).await.body;
+    assert_eq!(usage["total_runs"], 1, "{usage}");
+    // After it has run, a repeat through either instance answers it.
+    for inst in [&a, &b] {
+        let r = run_with(
+            inst,
+            &key,
+            &[("idempotency-key", "order-4711")],
+            "charge once",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["id"], runs[0]["id"]);
+    }
+    let (code, out) = ares_check(&c.env);
+    assert_eq!(code, 0, "ares check: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_run_on_one_instance_is_followed_and_cancelled_through_another() {
+    let Some(c) = Cluster::start(Duration::from_secs(60)).await else {
+        return;
+    };
+    let a = Ares::start("a", &c.env).await;
+    let b = Ares::start("b", &c.env).await;
+    let key = a.tenant(&slug(), json!({})).await;
+    let started = run_with(&a, &key, &[("prefer", "respond-async")], "take long").await;
+    assert_eq!(started.status, 202, "{}", started.text);
+    let id = started.body["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(5), "the model call starts", || async {
+        c.upstream.requests() == 1
+    })
+    .await;
+    // Followed on B, from the start.
+    let follow = {
+        let (client, url, key) = (
+            b.client.clone(),
+            format!("{}/v1/runs/{id}/events", b.base),
+            key.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    let asked = Instant::now();
+    let cancelled = b
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            &key,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+    assert_eq!(cancelled.body["status"], "cancelled", "{}", cancelled.text);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "cancelled after {:?}",
+        asked.elapsed()
+    );
+    eventually(
+        Duration::from_secs(2),
+        "A closes the provider's request",
+        || async { c.upstream.dropped() == 1 },
+    )
+    .await;
+    let events = tokio::time::timeout(Duration::from_secs(5), follow)
+        .await
+        .expect("the follow ends with the run")
+        .unwrap();
+    let last = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .next_back()
+        .unwrap();
+    let last: Value = serde_json::from_str(last.trim()).unwrap();
+    assert_eq!(last["run"]["status"], "cancelled", "{events}");
+    let tokens = cancelled.body["tokens_used"].as_u64().unwrap();
+    assert!(tokens > 0, "the prompt the provider had is counted");
+    assert_eq!(last["run"]["tokens_used"], tokens);
+    let usage = a.get("/v1/usage", &key).await.body;
+    assert_eq!(usage["total_runs"], 1, "{usage}");
+    assert_eq!(usage["total_tokens"], tokens, "{usage}");
+    let (code, out) = ares_check(&c.env);
+    assert_eq!(code, 0, "ares check: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_instance_running_a_background_run_fails_it_and_its_key_answers_it() {
+    let Some(c) = Cluster::start(Duration::from_secs(60)).await else {
+        return;
+    };
+    let env = with_var(&c.env, "ARES_INSTANCE_LEASE", "2s".into());
+    let mut a = Ares::start("a", &env).await;
+    let b = Ares::start("b", &env).await;
+    let key = a.tenant(&slug(), json!({})).await;
+    let headers = [
+        ("prefer", "respond-async"),
+        ("idempotency-key", "nightly-report"),
+    ];
+    let started = run_with(&a, &key, &headers, "report").await;
+    assert_eq!(started.status, 202, "{}", started.text);
+    let id = started.body["id"].as_str().unwrap().to_string();
+    a.kill9();
+    eventually(
+        Duration::from_secs(20),
+        "the run is failed as interrupted",
+        || async { b.get(&format!("/v1/runs/{id}"), &key).await.body["status"] == "failed" },
+    )
+    .await;
+    let run = b.get(&format!("/v1/runs/{id}"), &key).await.body;
+    assert!(
+        run["error"].as_str().unwrap().starts_with("interrupted"),
+        "{run}"
+    );
+    let again = run_with(&b, &key, &headers, "report").await;
+    assert_eq!(again.status, 202, "{}", again.text);
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    assert_eq!(again.body["id"], json!(id));
+    assert_eq!(again.body["status"], "failed");
+    assert_eq!(c.upstream.requests(), 1, "nothing ran again");
+    let (code, out) = ares_check(&env);
+    assert_eq!(code, 0, "ares check: {out}");
+}

@@ -218,7 +218,7 @@ pub struct Cluster {
     pub surreal: Surreal,
     pub agents: tempfile::TempDir,
     pub env: Vec<(String, String)>,
-    _upstream: SteadyUpstream,
+    pub upstream: SteadyUpstream,
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -235,7 +235,7 @@ impl Cluster {
             surreal,
             agents,
             env,
-            _upstream: upstream,
+            upstream,
             _serial: serial,
         })
     }
@@ -496,16 +496,19 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub text: String,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Reply {
     pub async fn read(resp: reqwest::Response) -> Reply {
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
         Reply {
             status,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
+            headers,
         }
     }
 
@@ -515,23 +518,44 @@ impl Reply {
 }
 
 /// An OpenAI-compatible upstream that answers every chat completion after a fixed delay, with
-/// [`TOKENS_PER_CALL`] tokens, as JSON or as a stream.
+/// [`TOKENS_PER_CALL`] tokens, as JSON or as a stream. A JSON answer's headers come at once and
+/// its body after the delay, led by a space every 50 ms meanwhile (JSON allows leading
+/// whitespace), so that a client that goes away is noticed: see [`SteadyUpstream::dropped`].
 pub struct SteadyUpstream {
     pub base: String,
+    state: Arc<Steady>,
     _server: tokio::task::JoinHandle<()>,
 }
 
 struct Steady {
     delay: Duration,
+    /// Chat completions asked for.
+    requests: std::sync::atomic::AtomicU64,
+    /// JSON answers whose client went away before their body was complete.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Counts an answer dropped before it was complete.
+struct Unfinished(Arc<std::sync::atomic::AtomicU64>, bool);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 #[handler]
 async fn steady_completions(state: Data<&Arc<Steady>>, body: String) -> Response {
-    tokio::time::sleep(state.delay).await;
+    state
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let req: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let usage =
         json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": TOKENS_PER_CALL});
     if req["stream"] == json!(true) {
+        tokio::time::sleep(state.delay).await;
         let mut text = String::new();
         for piece in ["steady ", "as ", "she goes"] {
             let chunk = json!({"id": "c", "object": "chat.completion.chunk", "model": "steady-model",
@@ -549,27 +573,65 @@ async fn steady_completions(state: Data<&Arc<Steady>>, body: String) -> Response
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "steady as she goes"},
             "finish_reason": "stop"}],
         "usage": usage});
+    let until = tokio::time::Instant::now() + state.delay;
+    let guard = Unfinished(Arc::clone(&state.dropped), false);
+    let body = futures_util::stream::unfold(
+        (Some(guard), Some(answer.to_string())),
+        move |(guard, answer)| async move {
+            let mut guard = guard?;
+            let now = tokio::time::Instant::now();
+            if now < until {
+                tokio::time::sleep((until - now).min(Duration::from_millis(50))).await;
+                if tokio::time::Instant::now() < until {
+                    return Some((
+                        Ok::<_, std::io::Error>(b" ".to_vec()),
+                        (Some(guard), answer),
+                    ));
+                }
+            }
+            guard.1 = true;
+            let answer = answer?;
+            Some((Ok(answer.into_bytes()), (None, None)))
+        },
+    );
     Response::builder()
         .content_type("application/json")
-        .body(answer.to_string())
+        .body(poem::Body::from_bytes_stream(body))
 }
 
 impl SteadyUpstream {
     pub async fn start(delay: Duration) -> SteadyUpstream {
-        let state = Arc::new(Steady { delay });
+        let state = Arc::new(Steady {
+            delay,
+            requests: Default::default(),
+            dropped: Default::default(),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Route::new()
             .at("/v1/chat/completions", post(steady_completions))
-            .data(state);
+            .data(Arc::clone(&state));
         let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
         let server = tokio::spawn(async move {
             let _ = poem::Server::new_with_acceptor(acceptor).run(app).await;
         });
         SteadyUpstream {
             base: format!("http://{addr}/v1"),
+            state,
             _server: server,
         }
+    }
+
+    /// Chat completions asked for so far.
+    pub fn requests(&self) -> u64 {
+        self.state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// JSON answers whose client went away before they were complete.
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

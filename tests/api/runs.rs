@@ -311,7 +311,7 @@ async fn a_followed_run_resumes_after_its_last_event_without_loss_or_repeat() {
 
 #[tokio::test]
 async fn a_repeat_with_the_same_idempotency_key_runs_nothing_and_answers_the_first() {
-    let (app, upstream, key) = app_with(vec![answer("once", 10, 5), answer("twice?", 10, 5)]).await;
+    let (app, upstream, key) = app_with(vec![answer("once", 10, 5), answer("k2", 10, 5)]).await;
     let send = |body: Value, k: &'static str| {
         app.send(post(&app, "/v1/agents/quick/run", &key, &body).header("idempotency-key", k))
     };
@@ -332,20 +332,35 @@ async fn a_repeat_with_the_same_idempotency_key_runs_nothing_and_answers_the_fir
     let other = send(run_body("pay it twice"), "invoice-17").await;
     assert_eq!(other.status, 422, "{}", other.text);
     assert_eq!(other.error_code(), "idempotency_key_reused");
-    // A refused first request leaves its key free.
-    let refused = app
+    // A first request refused after its key was claimed (no run left in the quota) leaves
+    // the key free: once the quota allows, the same key runs.
+    let quota = |runs: u64| {
+        app.send(
+            app.client
+                .patch(format!("{}/admin/v1/tenants/acme", app.base))
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(json!({"quota_runs": runs}).to_string()),
+        )
+    };
+    assert_eq!(quota(1).await.status, 200);
+    let keyed =
+        || post(&app, "/v1/agents/quick/run", &key, &run_body("x")).header("idempotency-key", "k2");
+    let refused = app.send(keyed()).await;
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    assert_eq!(quota(5).await.status, 200);
+    let r = app.send(keyed()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("idempotent-replayed"), None);
+    // Too long a key is refused; an empty one is none.
+    let long = app
         .send(
-            post(&app, "/v1/agents/paused/run", &key, &run_body("x"))
-                .header("idempotency-key", "k2"),
+            post(&app, "/v1/agents/quick/run", &key, &run_body("x"))
+                .header("idempotency-key", "k".repeat(256)),
         )
         .await;
-    assert!(refused.status >= 400);
-    let bad = app
-        .send(
-            post(&app, "/v1/agents/quick/run", &key, &run_body("x")).header("idempotency-key", ""),
-        )
-        .await;
-    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(long.status, 400, "{}", long.text);
+    assert!(long.text.contains("Idempotency-Key"), "{}", long.text);
 }
 
 #[tokio::test]
