@@ -54,16 +54,20 @@ impl Engine {
     /// The tenant's agent `name`.
     #[tracing::instrument(skip(self, tenant), fields(tenant = %tenant.slug))]
     pub async fn get_agent(&self, tenant: &Tenant, name: &str) -> Result<AgentView> {
-        let agent = self
-            .agents
-            .snapshot()
-            .get(&tenant.slug, name)
-            .cloned()
-            .ok_or_else(|| EngineError::AgentNotFound(name.to_string()))?;
+        let agent = self.agent(tenant, name)?;
         self.views(tenant, vec![agent])
             .await?
             .pop()
             .ok_or_else(|| EngineError::Internal(anyhow::anyhow!("no counters of agent '{name}'")))
+    }
+
+    /// The tenant's agent `name` as served now.
+    pub(super) fn agent(&self, tenant: &Tenant, name: &str) -> Result<Arc<Agent>> {
+        self.agents
+            .snapshot()
+            .get(&tenant.slug, name)
+            .cloned()
+            .ok_or_else(|| EngineError::AgentNotFound(name.to_string()))
     }
 
     /// The agents with their counters (recording now as first seen for new ones).

@@ -200,12 +200,7 @@ impl Engine {
         input: Map<String, Value>,
         ask: RunAsk,
     ) -> Result<RunAnswer> {
-        let agent = self
-            .agents
-            .snapshot()
-            .get(&tenant.slug, name)
-            .cloned()
-            .ok_or_else(|| EngineError::AgentNotFound(name.to_string()))?;
+        let agent = self.agent(tenant, name)?;
         if agent.spec.status == AgentStatus::Disabled {
             return Err(EngineError::AgentDisabled(name.to_string()));
         }
@@ -453,9 +448,7 @@ impl Engine {
         offset: u64,
         limit: u64,
     ) -> Result<Listing<RunRecord>> {
-        if self.agents.snapshot().get(&tenant.slug, name).is_none() {
-            return Err(EngineError::AgentNotFound(name.to_string()));
-        }
+        self.agent(tenant, name)?;
         let id = agent_id(&tenant.slug, name);
         let state = self
             .store

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, test_settings};
 use crate::upstream::{Reply, Upstream, answer, tool_call};
 
-/// A server on `fixtures/agents-hardening` whose `llama-3.3-70b` is `provider`.
-async fn app_on(provider: Arc<dyn Provider>) -> TestApp {
+/// A server on `fixtures/agents-hardening` (tenant `acme`: `quick`, `quick-tools`) whose
+/// `llama-3.3-70b` is `provider`.
+pub async fn app_on(provider: Arc<dyn Provider>) -> TestApp {
     let mut settings = test_settings();
     settings.agents_dir = "fixtures/agents-hardening".into();
     let store = ares::store::Store::connect(&settings.database)
@@ -26,7 +27,8 @@ async fn app_on(provider: Arc<dyn Provider>) -> TestApp {
     TestApp::spawn_full(settings, store, models).await
 }
 
-async fn app_with(replies: Vec<Reply>) -> (TestApp, Upstream) {
+/// [`app_on`] a scripted upstream answering `replies`.
+pub async fn app_with(replies: Vec<Reply>) -> (TestApp, Upstream) {
     let upstream = Upstream::start(replies).await;
     let provider = OpenAiProvider::new("scripted", &upstream.base, None)
         .with_first_pause(Duration::from_millis(5));

@@ -1,27 +1,15 @@
 //! Runs as resources: by id, in the background, cancelled, followed, and idempotent.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ares::llm::{Models, OpenAiProvider};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, test_settings};
+use crate::helpers::TestApp;
 use crate::upstream::{Reply, Upstream, answer, tool_call};
 
-/// A server on `fixtures/agents-hardening` whose `llama-3.3-70b` is a scripted upstream.
+/// [`crate::hardening::app_with`], and the key of tenant `acme`.
 async fn app_with(replies: Vec<Reply>) -> (TestApp, Upstream, String) {
-    let upstream = Upstream::start(replies).await;
-    let mut settings = test_settings();
-    settings.agents_dir = "fixtures/agents-hardening".into();
-    let store = ares::store::Store::connect(&settings.database)
-        .await
-        .unwrap();
-    let mut models = Models::from_settings(&settings).unwrap();
-    let provider = OpenAiProvider::new("scripted", &upstream.base, None)
-        .with_first_pause(Duration::from_millis(5));
-    models.insert("llama-3.3-70b", Arc::new(provider));
-    let app = TestApp::spawn_full(settings, store, models).await;
+    let (app, upstream) = crate::hardening::app_with(replies).await;
     let key = app.tenant("acme").await;
     (app, upstream, key)
 }
