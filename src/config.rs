@@ -68,6 +68,9 @@ pub struct Settings {
     /// How long `Idempotency-Key`s are kept.
     #[serde(default)]
     pub idempotency: IdempotencySettings,
+    /// How webhook deliveries are sent and retried.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
     /// Model providers by name.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
@@ -78,6 +81,61 @@ pub struct Settings {
     #[serde(skip)]
     #[schemars(skip)]
     pub admin_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// How long one attempt may take before it counts as failed (at least 100ms).
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// The pause before the first retry; each next pause doubles, with jitter (at least 100ms).
+    #[serde(default = "default_webhook_first_retry")]
+    pub first_retry: HumanDuration,
+    /// The longest pause between two attempts.
+    #[serde(default = "default_webhook_max_retry")]
+    pub max_retry: HumanDuration,
+    /// Attempts of one delivery before it is `failed`.
+    #[serde(default = "default_webhook_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    /// Attempts sent to one endpoint at the same time, at most.
+    #[serde(default = "default_webhook_per_endpoint")]
+    #[schemars(range(min = 1, max = 64))]
+    pub per_endpoint: usize,
+    /// Whether endpoints may be private, loopback or link-local addresses (tests, private
+    /// networks). Off by default: a tenant must not reach the deployment's own network.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            timeout: default_webhook_timeout(),
+            first_retry: default_webhook_first_retry(),
+            max_retry: default_webhook_max_retry(),
+            max_attempts: default_webhook_attempts(),
+            per_endpoint: default_webhook_per_endpoint(),
+            allow_private_addresses: false,
+        }
+    }
+}
+
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_webhook_first_retry() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_webhook_max_retry() -> HumanDuration {
+    HumanDuration::secs(3600)
+}
+fn default_webhook_attempts() -> u32 {
+    12
+}
+fn default_webhook_per_endpoint() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -254,6 +312,10 @@ pub struct LimitSettings {
     #[serde(default = "default_max_keys_per_tenant")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_keys_per_tenant: u64,
+    /// Webhook endpoints a tenant may register; registering one more is refused with 409.
+    #[serde(default = "default_max_webhooks_per_tenant")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_webhooks_per_tenant: u64,
     /// Longest time a client may take to send a request's headers; then the connection is closed.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: HumanDuration,
@@ -339,6 +401,9 @@ fn default_max_run_bytes() -> usize {
 fn default_max_keys_per_tenant() -> u64 {
     100
 }
+fn default_max_webhooks_per_tenant() -> u64 {
+    20
+}
 fn default_header_timeout() -> HumanDuration {
     HumanDuration::secs(30)
 }
@@ -406,6 +471,7 @@ impl Default for LimitSettings {
             max_run_input_bytes: default_max_run_bytes(),
             max_run_output_bytes: default_max_run_bytes(),
             max_keys_per_tenant: default_max_keys_per_tenant(),
+            max_webhooks_per_tenant: default_max_webhooks_per_tenant(),
             header_timeout: default_header_timeout(),
             idle_timeout: default_idle_timeout(),
         }
@@ -446,12 +512,17 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ARES_MAX_RUN_INPUT_BYTES", "/limits/max_run_input_bytes"),
     ("ARES_MAX_RUN_OUTPUT_BYTES", "/limits/max_run_output_bytes"),
     ("ARES_MAX_KEYS_PER_TENANT", "/limits/max_keys_per_tenant"),
+    (
+        "ARES_MAX_WEBHOOKS_PER_TENANT",
+        "/limits/max_webhooks_per_tenant",
+    ),
     ("ARES_HEADER_TIMEOUT", "/limits/header_timeout"),
     ("ARES_IDLE_TIMEOUT", "/limits/idle_timeout"),
     ("ARES_RETENTION_MAX_AGE", "/retention/max_age"),
     ("ARES_RETENTION_INTERVAL", "/retention/interval"),
     ("ARES_INSTANCE_LEASE", "/instances/lease"),
     ("ARES_IDEMPOTENCY_TTL", "/idempotency/ttl"),
+    ("ARES_WEBHOOKS", "/webhooks"),
     ("ARES_PROVIDERS", "/providers"),
     ("ARES_MODELS", "/models"),
 ];
@@ -467,8 +538,10 @@ fn env_kind(pointer: &str) -> EnvKind {
         | "/limits/max_run_input_bytes"
         | "/limits/max_run_output_bytes"
         | "/limits/max_keys_per_tenant"
+        | "/limits/max_webhooks_per_tenant"
         | "/providers"
-        | "/models" => EnvKind::Yaml,
+        | "/models"
+        | "/webhooks" => EnvKind::Yaml,
         _ => EnvKind::Text,
     }
 }
@@ -641,6 +714,9 @@ impl Settings {
             ("/limits/header_timeout", self.limits.header_timeout, 100),
             ("/limits/idle_timeout", self.limits.idle_timeout, 1000),
             ("/idempotency/ttl", self.idempotency.ttl, 3_600_000),
+            ("/webhooks/timeout", self.webhooks.timeout, 100),
+            ("/webhooks/first_retry", self.webhooks.first_retry, 100),
+            ("/webhooks/max_retry", self.webhooks.max_retry, 100),
         ];
         for (pointer, value, min_ms) in at_least {
             if value.0 < std::time::Duration::from_millis(min_ms) {
@@ -855,7 +931,7 @@ mod tests {
             vec![
                 "$ARES_MAX_BODY_BYTES: /limits/max_body_bytes: expected an integer between 1024 and 67108864, got 12",
                 "ares.yaml:3:9: /quotas/runs: expected an integer of at least 0, got \"many\"",
-                "ares.yaml:4:1: /bogus: unknown field `bogus`; expected one of `listen`, `database`, `agents_dir`, `billing`, `quotas`, `limits`, `retention`, `instances`, `idempotency`, `providers`, `models`",
+                "ares.yaml:4:1: /bogus: unknown field `bogus`; expected one of `listen`, `database`, `agents_dir`, `billing`, `quotas`, `limits`, `retention`, `instances`, `idempotency`, `webhooks`, `providers`, `models`",
             ]
         );
         let errs = load(

@@ -11,7 +11,11 @@ from pyclient import AuthenticatedClient
 from pyclient.api.agents import cancel_run, get_agent, get_run, list_agent_runs, list_agents, run_agent
 from pyclient.api.api_keys import create_api_key, list_api_keys, revoke_api_key
 from pyclient.api.usage import get_usage
-from pyclient.models import AgentList, CreatedKey, CreateKeyRequest, RunList, RunRequest, RunRequestInput, RunResponse, UsageResponse
+from pyclient.api.webhooks import create_webhook, delete_webhook, list_webhook_deliveries, list_webhooks, retry_webhook_delivery
+from pyclient.models import (
+    AgentList, CreatedKey, CreatedWebhook, CreateKeyRequest, DeliveryList, DeliveryState, RunList, RunRequest,
+    RunRequestInput, RunResponse, UsageResponse, WebhookEvent, WebhookEventType, WebhookRequest,
+)
 
 client = AuthenticatedClient(base_url=os.environ["ARES_URL"], token=os.environ["ARES_KEY"])
 
@@ -58,6 +62,24 @@ again = run_agent.sync_detailed("risk-analyzer", client=client, body=body, idemp
 assert first.status_code == again.status_code == 200, (first, again)
 assert again.headers.get("idempotent-replayed") == "true" and again.parsed.id == first.parsed.id, again
 
+# A webhook endpoint: the event of a run is written with the run, a retry, the endpoint removed.
+hook = create_webhook.sync(
+    client=client,
+    body=WebhookRequest(url="https://203.0.113.10/hook", events=[WebhookEvent.RUN_COMPLETED], description="python client"),
+)
+assert isinstance(hook, CreatedWebhook) and hook.secret.startswith("whsec_"), hook
+assert any(w.id == hook.id for w in list_webhooks.sync(client=client).webhooks)
+heard = run_agent.sync("risk-analyzer", client=client, body=body)
+deliveries = list_webhook_deliveries.sync(hook.id, client=client)
+assert isinstance(deliveries, DeliveryList) and deliveries.total == 1, deliveries
+delivery = deliveries.deliveries[0]
+assert delivery.run_id == heard.id and delivery.event_type == WebhookEventType.RUN_COMPLETED, delivery
+assert delivery.state in (DeliveryState.PENDING, DeliveryState.FAILED, DeliveryState.DELIVERED), delivery
+retried = retry_webhook_delivery.sync_detailed(hook.id, delivery.id, client=client)
+assert retried.status_code == 202, retried
+assert delete_webhook.sync_detailed(hook.id, client=client).status_code == 204
+assert list_webhook_deliveries.sync_detailed(hook.id, client=client).status_code == 404
+
 usage = get_usage.sync(client=client)
 assert isinstance(usage, UsageResponse), usage
 assert usage.total_runs >= 1 and usage.quota_runs > 0
@@ -69,4 +91,4 @@ revoked = revoke_api_key.sync_detailed(created.key, client=client)
 assert revoked.status_code == 204, revoked
 assert all(k.id != created.key for k in list_api_keys.sync(client=client).keys)
 
-print("python client: list agents, get agent, run, runs, a run by id, a background run, a cancel, an idempotent repeat, usage, create and revoke a key: ok")
+print("python client: list agents, get agent, run, runs, a run by id, a background run, a cancel, an idempotent repeat, a webhook and its delivery, usage, create and revoke a key: ok")

@@ -43,6 +43,21 @@ const first = await client.POST("/v1/agents/{name}/run", keyed);
 const again = await client.POST("/v1/agents/{name}/run", keyed);
 check(again.response.headers.get("idempotent-replayed") === "true" && again.data?.id === first.data?.id, "an idempotent repeat");
 
+const hook = await client.POST("/v1/webhooks", {
+  body: { url: "https://203.0.113.11/hook", events: ["run.failed", "run.cancelled"] },
+});
+check(hook.data !== undefined && hook.data.secret.startsWith("whsec_"), "webhook registered");
+const hooks = await client.GET("/v1/webhooks");
+check(hooks.data !== undefined && hooks.data.webhooks.some((w) => w.id === hook.data.id), "webhook listed");
+const deliveries = await client.GET("/v1/webhooks/{id}/deliveries", {
+  params: { path: { id: hook.data.id }, query: { page: 1, per_page: 10 } },
+});
+check(deliveries.data !== undefined && deliveries.data.total === 0, "no failed or cancelled run: no delivery");
+const removed = await client.DELETE("/v1/webhooks/{id}", { params: { path: { id: hook.data.id } } });
+check(removed.response.status === 204, "webhook deleted");
+const gone = await client.DELETE("/v1/webhooks/{id}", { params: { path: { id: hook.data.id } } });
+check(gone.error !== undefined && gone.error.error.code === "webhook_not_found", "a deleted webhook is not found");
+
 const usage = await client.GET("/v1/usage");
 check(usage.data !== undefined && usage.data.total_runs >= 1, "usage counts the run");
 
@@ -53,4 +68,4 @@ check(revoked.response.status === 204, "key revoked");
 const missing = await client.GET("/v1/agents/{name}", { params: { path: { name: "no-such-agent" } } });
 check(missing.error !== undefined && missing.error.error.code === "agent_not_found", "typed error body");
 
-console.log("typescript client: list agents, run, a run by id, a background run, a refused cancel, an idempotent repeat, usage, create and revoke a key, typed errors: ok");
+console.log("typescript client: list agents, run, a run by id, a background run, a refused cancel, an idempotent repeat, webhooks, create and revoke a key, typed errors: ok");

@@ -45,6 +45,8 @@ error_codes! {
     AgentNotFound = ("agent_not_found", 404, "No agent of that name is offered to this tenant."),
     ApiKeyNotFound = ("api_key_not_found", 404, "No API key with that id belongs to this tenant."),
     RunNotFound = ("run_not_found", 404, "No run with that id belongs to this tenant."),
+    WebhookNotFound = ("webhook_not_found", 404, "No webhook endpoint with that id belongs to this tenant."),
+    DeliveryNotFound = ("delivery_not_found", 404, "No delivery with that id belongs to this webhook endpoint."),
     TenantNotFound = ("tenant_not_found", 404, "No tenant with that slug (admin API)."),
     MethodNotAllowed = ("method_not_allowed", 405, "The route exists but not with this method."),
     Conflict = ("conflict", 409, "The object already exists (admin API: a tenant slug)."),
@@ -56,6 +58,7 @@ error_codes! {
     RunFinished = ("run_finished", 409, "The run has ended (completed or failed) and can no longer be cancelled."),
     IdempotencyKeyInUse = ("idempotency_key_in_use", 409, "A request with this `Idempotency-Key` is still being answered; retry it later to get its answer."),
     KeyLimitReached = ("key_limit_reached", 409, "The tenant holds as many live API keys as it may (`limits.max_keys_per_tenant`); revoke one before creating another."),
+    WebhookLimitReached = ("webhook_limit_reached", 409, "The tenant has as many webhook endpoints as it may (`limits.max_webhooks_per_tenant`); delete one before registering another."),
     QuotaExceeded = ("quota_exceeded", 429, "The tenant has used its run or token quota for the current billing period."),
     RateLimited = ("rate_limited", 429, "The API key, or all the tenant's keys together, sent more requests than their per-minute limit; retry after the `Retry-After` header's seconds."),
     UpstreamError = ("upstream_error", 502, "The model provider failed or answered with an error (chat); runs record this as a failed run instead."),
@@ -195,8 +198,11 @@ impl From<EngineError> for ApiError {
             EngineError::AgentDisabled(_) => ApiError::new(ErrorCode::AgentDisabled, message),
             EngineError::KeyNotFound(_) => ApiError::new(ErrorCode::ApiKeyNotFound, message),
             EngineError::KeyLimit(_) => ApiError::new(ErrorCode::KeyLimitReached, message),
+            EngineError::WebhookLimit(_) => ApiError::new(ErrorCode::WebhookLimitReached, message),
             EngineError::TenantNotFound(_) => ApiError::new(ErrorCode::TenantNotFound, message),
             EngineError::RunNotFound(_) => ApiError::new(ErrorCode::RunNotFound, message),
+            EngineError::WebhookNotFound(_) => ApiError::new(ErrorCode::WebhookNotFound, message),
+            EngineError::DeliveryNotFound(_) => ApiError::new(ErrorCode::DeliveryNotFound, message),
             EngineError::RunFinished(_) => ApiError::new(ErrorCode::RunFinished, message),
             EngineError::IdempotencyKeyInUse => {
                 ApiError::new(ErrorCode::IdempotencyKeyInUse, message)

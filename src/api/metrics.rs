@@ -21,6 +21,7 @@ const LATENCY: &str = "ares_http_request_duration_seconds";
 const RUNS: &str = "ares_runs_total";
 const TOKENS: &str = "ares_tokens_total";
 const TOOL_CALLS: &str = "ares_tool_calls_total";
+const WEBHOOK_ATTEMPTS: &str = "ares_webhook_attempts_total";
 const RATE_LIMITED: &str = "ares_rate_limited_total";
 
 /// Latency samples wait in the recorder until they are folded into the histogram's buckets,
@@ -51,6 +52,10 @@ impl Default for Metrics {
                 "Tool calls made for models, by tool and outcome."
             );
             describe_counter!(
+                WEBHOOK_ATTEMPTS,
+                "Webhook delivery attempts by outcome: delivered, retried (to be sent again), failed (for good)."
+            );
+            describe_counter!(
                 RATE_LIMITED,
                 "Requests refused because their API key exceeded its rate limit."
             );
@@ -75,6 +80,13 @@ pub fn route_label(path: &str) -> String {
         ["", "v1", "agents", _] => "/v1/agents/{name}".to_string(),
         ["", "v1", "agents", _, tail] => format!("/v1/agents/{{name}}/{tail}"),
         ["", "v1", "api-keys", _] => "/v1/api-keys/{id}".to_string(),
+        ["", "v1", "runs", _] => "/v1/runs/{id}".to_string(),
+        ["", "v1", "runs", _, tail] => format!("/v1/runs/{{id}}/{tail}"),
+        ["", "v1", "webhooks", _] => "/v1/webhooks/{id}".to_string(),
+        ["", "v1", "webhooks", _, "deliveries"] => "/v1/webhooks/{id}/deliveries".to_string(),
+        ["", "v1", "webhooks", _, "deliveries", _, "retry"] => {
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry".to_string()
+        }
         ["", "admin", "v1", "tenants", _] => "/admin/v1/tenants/{slug}".to_string(),
         ["", "admin", "v1", "tenants", _, "api-keys"] => {
             "/admin/v1/tenants/{slug}/api-keys".to_string()
@@ -92,6 +104,13 @@ pub fn route_label(path: &str) -> String {
         "/v1/usage",
         "/v1/api-keys",
         "/v1/api-keys/{id}",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/cancel",
+        "/v1/runs/{id}/events",
+        "/v1/webhooks",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/{id}/deliveries",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
         "/admin/v1/tenants",
         "/admin/v1/tenants/{slug}",
         "/admin/v1/tenants/{slug}/api-keys",
@@ -155,15 +174,20 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the engine's tool-call counts (by built-in tool,
-    /// every other name a model asked for counted as `unknown`) and `extra` samples.
+    /// every other name a model asked for counted as `unknown`), webhook attempts by outcome,
+    /// and `extra` samples.
     pub fn render(
         &self,
         tool_calls: &[((&'static str, &'static str), u64)],
+        webhook_attempts: &[(&'static str, u64)],
         extra: &[Sample],
     ) -> String {
         self.with(|| {
             for &((tool, outcome), n) in tool_calls {
                 counter!(TOOL_CALLS, "tool" => tool, "outcome" => outcome).absolute(n);
+            }
+            for &(outcome, n) in webhook_attempts {
+                counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).absolute(n);
             }
             for &(name, kind, help, value) in extra {
                 if kind == "gauge" {
@@ -231,6 +255,7 @@ mod tests {
         m.rate_limited();
         let text = m.render(
             &[(("calculator", "ok"), 2)],
+            &[("delivered", 3)],
             &[
                 (
                     "ares_database_up",
@@ -270,7 +295,7 @@ mod tests {
         let m = Metrics::default();
         m.record_request("/v1/usage".into(), "GET", 200, 0.002);
         m.record_run("completed", 10);
-        let text = m.render(&[(("calculator", "ok"), 1)], &[]);
+        let text = m.render(&[(("calculator", "ok"), 1)], &[], &[]);
         for (name, kind, help) in [
             (
                 REQUESTS,
@@ -315,7 +340,7 @@ mod tests {
         let m = Metrics::default();
         m.record_request("/a\"b\\c\nd".into(), "GET", 200, 0.1);
         m.record_run("odd\"\n", 0);
-        let text = m.render(&[], &[]);
+        let text = m.render(&[], &[], &[]);
         assert!(
             text.contains(
                 "ares_http_requests_total{route=\"/a\\\"b\\\\c\\nd\",method=\"GET\",status=\"200\"} 1\n"
@@ -339,7 +364,7 @@ mod tests {
     fn tool_calls_render_by_tool_and_outcome() {
         let m = Metrics::default();
         let calls = [(("calculator", "ok"), 2), (("unknown", "error"), 4)];
-        let text = m.render(&calls, &[]);
+        let text = m.render(&calls, &[], &[]);
         for line in [
             "ares_tool_calls_total{tool=\"calculator\",outcome=\"ok\"} 2",
             "ares_tool_calls_total{tool=\"unknown\",outcome=\"error\"} 4",
@@ -352,8 +377,8 @@ mod tests {
     fn each_server_has_its_own_recorder() {
         let (a, b) = (Metrics::default(), Metrics::default());
         a.record_tokens(5);
-        assert!(a.render(&[], &[]).contains("ares_tokens_total 5\n"));
-        assert!(b.render(&[], &[]).contains("ares_tokens_total 0\n"));
+        assert!(a.render(&[], &[], &[]).contains("ares_tokens_total 5\n"));
+        assert!(b.render(&[], &[], &[]).contains("ares_tokens_total 0\n"));
     }
 
     #[test]
@@ -363,7 +388,7 @@ mod tests {
         for _ in 0..n {
             m.record_request("/v1/usage".into(), "GET", 200, 0.002);
         }
-        let text = m.render(&[], &[]);
+        let text = m.render(&[], &[], &[]);
         assert!(
             text.contains(&format!(
                 "ares_http_request_duration_seconds_count{{route=\"/v1/usage\"}} {n}\n"

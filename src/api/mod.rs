@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod request_id;
 pub mod runs;
 pub mod usage;
+pub mod webhooks;
 pub mod wire;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub enum ApiTags {
     /// The tenant's API keys.
     #[oai(rename = "API Keys")]
     ApiKeys,
+    /// Endpoints that are told when a run ends, with signed, retried deliveries.
+    Webhooks,
 }
 
 pub const MAX_PER_PAGE: u32 = 100;
@@ -152,6 +155,7 @@ pub type V1Apis = (
     chat::ChatApi,
     usage::UsageApi,
     keys::KeysApi,
+    webhooks::WebhooksApi,
 );
 
 /// The V1 client API, as served under `/v1` and described in `openapi/v1.yaml`.
@@ -163,6 +167,7 @@ pub fn v1_service() -> OpenApiService<V1Apis, ()> {
             chat::ChatApi,
             usage::UsageApi,
             keys::KeysApi,
+            webhooks::WebhooksApi,
         ),
         "ARES V1 Client API",
         env!("CARGO_PKG_VERSION"),
@@ -249,8 +254,14 @@ async fn readyz(app: Data<&Arc<App>>) -> Response {
 }
 
 /// The instance's reliability figures, for `/metrics`.
-fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 4] {
+fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 5] {
     [
+        (
+            "ares_webhook_oldest_pending_seconds",
+            "gauge",
+            "Age of the oldest webhook delivery still to be delivered, in seconds (0: none).",
+            figures.webhook_oldest_pending_seconds,
+        ),
         (
             "ares_database_up",
             "gauge",
@@ -283,10 +294,11 @@ fn metrics_text(app: Data<&Arc<App>>) -> Response {
     let figures = app.engine.figures();
     Response::builder()
         .content_type("text/plain; version=0.0.4")
-        .body(
-            app.metrics
-                .render(&figures.tool_calls, &ops_samples(&figures)),
-        )
+        .body(app.metrics.render(
+            &figures.tool_calls,
+            &figures.webhook_attempts,
+            &ops_samples(&figures),
+        ))
 }
 
 /// The API reference page (ReDoc, served from the binary), without the web fonts it would

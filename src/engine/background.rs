@@ -19,7 +19,8 @@ pub struct Background {
     flusher: tokio::task::JoinHandle<()>,
     keeper: tokio::task::JoinHandle<()>,
     purger: Option<tokio::task::JoinHandle<()>>,
-    /// Cancels asked of this instance's runs on other instances; expired idempotency keys.
+    /// Cancels asked of this instance's runs on other instances; expired idempotency keys;
+    /// webhook deliveries.
     watchers: Vec<tokio::task::JoinHandle<()>>,
     engine: Arc<Engine>,
 }
@@ -61,6 +62,7 @@ impl Engine {
         let watchers = vec![
             tokio::spawn(watch_cancels(Arc::clone(self))),
             tokio::spawn(expire_idempotency_keys(Arc::clone(self))),
+            tokio::spawn(Arc::clone(self).send_webhooks()),
         ];
         Ok(Background {
             stop_flusher,
@@ -140,6 +142,7 @@ async fn keep_lease(engine: Arc<Engine>) {
 async fn watch_cancels(engine: Arc<Engine>) {
     let mut tick = tokio::time::interval(super::lifecycle::POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut streak = FailureStreak::new("looking for cancelled runs");
     loop {
         tick.tick().await;
         let running = engine.in_flight.ids();
@@ -148,11 +151,42 @@ async fn watch_cancels(engine: Arc<Engine>) {
         }
         match engine.store.cancels_requested(&running).await {
             Ok(ids) => {
+                streak.succeeded();
                 for id in ids {
                     engine.in_flight.cancel(&id);
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "looking for cancelled runs failed; will retry"),
+            Err(e) => streak.failed(&e),
+        }
+    }
+}
+
+/// The log of a loop that polls several times a second: its first failure in a row is a
+/// warning, the repeats are debug lines (an outage would otherwise write one every poll),
+/// and its recovery is said once.
+pub(super) struct FailureStreak {
+    what: &'static str,
+    failures: u64,
+}
+
+impl FailureStreak {
+    pub(super) fn new(what: &'static str) -> FailureStreak {
+        FailureStreak { what, failures: 0 }
+    }
+
+    pub(super) fn failed(&mut self, error: &dyn std::fmt::Display) {
+        self.failures += 1;
+        if self.failures == 1 {
+            tracing::warn!(%error, "{} failed; will retry", self.what);
+        } else {
+            tracing::debug!(%error, failures = self.failures, "{} failed again", self.what);
+        }
+    }
+
+    pub(super) fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "{} works again", self.what);
+            self.failures = 0;
         }
     }
 }
@@ -190,13 +224,13 @@ async fn purge_history(engine: Arc<Engine>, max_age: Duration) {
         tick.tick().await;
         let cutoff = engine.clock.now() - age;
         match engine.store.purge_before(cutoff).await {
-            Ok(p) if p.runs + p.chats > 0 => {
+            Ok(p) if p.runs + p.chats + p.deliveries > 0 => {
                 engine
                     .telemetry
                     .ops
                     .purged
                     .fetch_add(p.runs + p.chats, Ordering::Relaxed);
-                tracing::info!(runs = p.runs, chats = p.chats, %cutoff, "history purged");
+                tracing::info!(runs = p.runs, chats = p.chats, deliveries = p.deliveries, %cutoff, "history purged");
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purging old history failed; will retry"),

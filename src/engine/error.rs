@@ -31,6 +31,14 @@ pub enum EngineError {
     TenantNotFound(String),
     #[error("no run with id '{0}' in this tenant")]
     RunNotFound(String),
+    #[error(
+        "the tenant already has {0} webhook endpoints, as many as it may (limits.max_webhooks_per_tenant); delete one first"
+    )]
+    WebhookLimit(u64),
+    #[error("no webhook endpoint with id '{0}' in this tenant")]
+    WebhookNotFound(String),
+    #[error("no delivery with id '{0}' of this webhook endpoint")]
+    DeliveryNotFound(String),
     /// A cancel of a run that had ended otherwise.
     #[error("the run has ended already: it is {0}")]
     RunFinished(&'static str),

@@ -21,6 +21,7 @@ mod tenants;
 mod tool_loop;
 mod usage;
 mod validate;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub use telemetry::Figures;
 pub use tenants::NewTenant;
 pub use usage::UsageReport;
 pub use validate::{agent_schema, validate_agents};
+pub use webhooks::{EVENTS as WEBHOOK_EVENTS, NewWebhook, RunEncoder, sign as sign_webhook};
 
 /// The words of a conversation.
 pub use crate::llm::{Message, Role};
@@ -53,8 +55,8 @@ pub use crate::store::{CloseNotice, begin_close, wait_closed};
 
 /// The records and values the use cases answer with.
 pub use crate::store::{
-    AgentState, ApiKey, CheckReport, DayUsage, NewKey, Period, RunRecord, RunStatus, Step,
-    StepKind, Tenant, TenantPatch, Usage, Violation,
+    AgentState, ApiKey, CheckReport, DayUsage, Delivery, DeliveryState, EventType, NewKey, Period,
+    RunRecord, RunStatus, Step, StepKind, Tenant, TenantPatch, Usage, Violation, Webhook,
 };
 
 /// The stable id of a tenant's agent: UUIDv5 of the tenant and the agent name.
@@ -110,6 +112,7 @@ pub struct Engine {
     limiter: rate_limit::RateLimiter,
     telemetry: Arc<telemetry::Telemetry>,
     in_flight: lifecycle::InFlight,
+    webhooks: webhooks::Sender,
 }
 
 impl Engine {
@@ -165,6 +168,7 @@ impl Engine {
             limiter: Default::default(),
             telemetry: Default::default(),
             in_flight: Default::default(),
+            webhooks: Default::default(),
         }
     }
 

@@ -329,7 +329,8 @@ impl Engine {
             tracing::warn!(agent = %agent.name, run = %run.id, error = %e, "run failed");
         }
         match self.store.finish_run(&reservation, &run).await {
-            Ok(true) => {}
+            // Its events, if the tenant has endpoints, go out at once.
+            Ok(true) => self.webhooks.wake.notify_one(),
             Ok(false) => {
                 tracing::error!(run = %run.id, "the run was already final in the database; its outcome was not stored again")
             }

@@ -49,6 +49,34 @@ pub(crate) struct Ops {
     pub(crate) purged: AtomicU64,
 }
 
+/// Webhook attempts by outcome, and the age of the oldest delivery still pending.
+#[derive(Default)]
+pub(crate) struct WebhookFigures {
+    delivered: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+    oldest_pending_seconds: AtomicU64,
+}
+
+impl WebhookFigures {
+    pub(crate) fn count(&self, attempt: &crate::store::Attempt) {
+        use crate::store::Attempt;
+        let counter = match attempt {
+            Attempt::Delivered { .. } => &self.delivered,
+            Attempt::Failed {
+                retry_at: Some(_), ..
+            } => &self.retried,
+            Attempt::Failed { retry_at: None, .. } => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_oldest_pending(&self, seconds: u64) {
+        self.oldest_pending_seconds
+            .store(seconds, Ordering::Relaxed);
+    }
+}
+
 /// The engine's figures at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Figures {
@@ -59,12 +87,18 @@ pub struct Figures {
     pub pending_records: u64,
     pub interrupted_runs: u64,
     pub purged: u64,
+    /// Webhook attempts by outcome: `delivered`, `retried` (failed, to be sent again),
+    /// `failed` (failed for good).
+    pub webhook_attempts: [(&'static str, u64); 3],
+    /// Age of the oldest webhook delivery still pending, in seconds (0: none).
+    pub webhook_oldest_pending_seconds: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Telemetry {
     pub(crate) tool_calls: ToolCalls,
     pub(crate) ops: Ops,
+    pub(crate) webhooks: WebhookFigures,
 }
 
 impl Telemetry {
@@ -76,6 +110,12 @@ impl Telemetry {
             pending_records: load(&self.ops.pending_records),
             interrupted_runs: load(&self.ops.interrupted_runs),
             purged: load(&self.ops.purged),
+            webhook_attempts: [
+                ("delivered", load(&self.webhooks.delivered)),
+                ("retried", load(&self.webhooks.retried)),
+                ("failed", load(&self.webhooks.failed)),
+            ],
+            webhook_oldest_pending_seconds: load(&self.webhooks.oldest_pending_seconds),
         }
     }
 }

@@ -29,6 +29,13 @@ impl Application {
 
     /// Serves `engine`.
     pub fn new(engine: Engine) -> Application {
+        // Webhook events carry runs as the API answers them.
+        let engine = engine.with_run_encoder(Arc::new(|run| {
+            use poem_openapi::types::ToJSON;
+            crate::api::agents::RunResponse::from(run.clone())
+                .to_json()
+                .unwrap_or_default()
+        }));
         Application {
             app: Arc::new(App {
                 engine: Arc::new(engine),

@@ -502,15 +502,26 @@ mod tests {
     async fn retention_keeps_usage_and_listings_consistent() {
         let store = store().await;
         let period = Period::containing(Utc::now(), 1);
+        let hook = crate::store::Webhook {
+            id: "hook".into(),
+            tenant: "acme".into(),
+            url: "https://example.com/hook".into(),
+            events: vec!["*".into()],
+            description: None,
+            created_at: Utc::now(),
+        };
+        assert!(store.create_webhook(&hook, "whsec_x", 1).await.unwrap());
         let mut ids = Vec::new();
         for _ in 0..3 {
             ids.push(complete_run(&store, &period, 2).await.agent_id);
         }
+        assert_eq!(store.deliveries("hook", 0, 10).await.unwrap().1, 3);
         let purged = store
             .purge_before(Utc::now() + chrono::Duration::seconds(1))
             .await
             .unwrap();
-        assert_eq!(purged.runs, 3);
+        assert_eq!((purged.runs, purged.deliveries), (3, 3));
+        assert_eq!(store.deliveries("hook", 0, 10).await.unwrap().1, 0);
         let state = store
             .agent_states("acme", &[(ids[0].clone(), "echo".into())])
             .await

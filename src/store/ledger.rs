@@ -245,6 +245,24 @@ fn obj(v: Value) -> Map<String, Value> {
     }
 }
 
+/// The statements that write the webhook outbox of one settled run, in the settling
+/// transaction: a delivery of its event (`run.<status>`) to each endpoint of the tenant that
+/// subscribed to it. `tenant`, `run_id` and `status` are SurrealQL expressions of the
+/// transaction (variables), never values.
+fn outbox(tenant: &str, run_id: &str, status: &str) -> String {
+    format!(
+        "LET $ev_type = string::concat('run.', {status}); \
+         LET $ev_id = <string> rand::uuid::v7(); \
+         FOR $hook IN (SELECT VALUE webhook_id FROM webhook WHERE tenant = {tenant} \
+           AND (events CONTAINS $ev_type OR events CONTAINS '*')) {{ \
+           LET $dv = <string> rand::uuid::v7(); \
+           CREATE type::record('webhook_delivery', $dv) CONTENT {{ delivery_id: $dv, webhook_id: $hook, \
+             tenant: {tenant}, event_id: $ev_id, event_type: $ev_type, run_id: {run_id}, attempts: 0, \
+             state: 'pending', next_attempt_at: time::now(), created_at: time::now() }} RETURN NONE; \
+         }};"
+    )
+}
+
 impl Store {
     /// Writes `op` with whatever else is waiting (or alone, on a handle without a ledger).
     pub(super) async fn write(&self, op: Op) -> Result<Outcome> {
@@ -313,27 +331,31 @@ impl Store {
                 )))
             }
             Op::Settle { reservation, run } => {
-                let sql = "BEGIN; \
+                let sql = format!(
+                    "BEGIN; \
                     LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
                       output = $r.output ?? NONE, error = $r.error ?? NONE, \
                       finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
                       tokens_used = $r.tokens_used WHERE status = 'running' RETURN VALUE run_id); \
-                    IF array::len($done) > 0 { \
+                    IF array::len($done) > 0 {{ \
                       UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used RETURN NONE; \
                       UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
                       UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
                         created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
                         last_run = <datetime>$r.started_at RETURN NONE; \
-                    }; \
+                      {} \
+                    }}; \
                     RETURN array::len($done) > 0; \
-                    COMMIT;";
+                    COMMIT;",
+                    outbox("$tenant", "$r.run_id", "$r.status")
+                );
                 let vars = json!({
                     "r": run, "period": reservation.period_key, "day": reservation.day_key,
                     "tenant": reservation.tenant, "date": reservation.date,
                     "completed": u64::from(run.status == RunStatus::Completed),
                 });
                 Ok(Outcome::Settle(last_bool(
-                    &self.run_retrying(sql, vars).await?,
+                    &self.run_retrying(&sql, vars).await?,
                 )))
             }
         }
@@ -472,6 +494,7 @@ IF array::len($cn{i}) > 0 {{
         );
     }
     for i in 0..settles {
+        let outbox = outbox(&format!("$s{i}.tenant"), "$r.run_id", "$r.status");
         let _ = write!(
             sql,
             "LET $sd{i} = $s{i}.runs.filter(|$r| type::record('run', [$r.agent_id, $r.seq]).status = 'running');
@@ -479,6 +502,7 @@ FOR $r IN $sd{i} {{
   UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, output = $r.output ?? NONE,
     error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE),
     duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used RETURN NONE;
+  {outbox}
 }};
 IF array::len($sd{i}) > 0 {{
   UPDATE type::record('usage_period', $s{i}.period) SET runs += array::len($sd{i}),
@@ -585,19 +609,23 @@ impl Store {
         });
         // Failed as interrupted meanwhile (already counted as a run): the real outcome and
         // its tokens replace the interruption, once.
-        let amend = "BEGIN; \
+        let amend = format!(
+            "BEGIN; \
             LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
               output = $r.output ?? NONE, error = $r.error ?? NONE, \
               finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
               tokens_used = $r.tokens_used, reaped = NONE WHERE status = 'failed' AND reaped = true RETURN VALUE run_id); \
-            IF array::len($done) > 0 { \
+            IF array::len($done) > 0 {{ \
               UPDATE type::record('usage_period', $period) SET tokens += $r.tokens_used; \
               UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, tokens += $r.tokens_used; \
               UPSERT type::record('agent_state', $r.agent_id) SET completed_runs += $completed; \
-            }; \
+              {} \
+            }}; \
             RETURN array::len($done) > 0; \
-            COMMIT;";
-        Ok(last_bool(&self.run_retrying(amend, vars).await?))
+            COMMIT;",
+            outbox("$tenant", "$r.run_id", "$r.status")
+        );
+        Ok(last_bool(&self.run_retrying(&amend, vars).await?))
     }
 
     /// Stores a finished chat and adds its tokens to usage, in one transaction. Idempotent: a
@@ -623,26 +651,30 @@ impl Store {
     ) -> Result<bool> {
         let period = Period::containing(run.started_at, period_start_day);
         let r = reservation(&run.tenant, &period, run.started_at);
-        let sql = "BEGIN; \
+        let sql = format!(
+            "BEGIN; \
             LET $done = (UPDATE type::record('run', [$agent_id, $seq]) SET status = 'failed', error = $error, \
               finished_at = time::now(), duration_ms = <int>$duration_ms, reaped = true \
               WHERE status = 'running' RETURN VALUE run_id); \
-            IF array::len($done) > 0 { \
+            IF array::len($done) > 0 {{ \
               UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1; \
               UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1; \
               UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
                 created_at = created_at ?? time::now(), total_runs += 1, \
-                last_run = IF last_run = NONE OR last_run < <datetime>$started { <datetime>$started } ELSE { last_run }; \
-            }; \
+                last_run = IF last_run = NONE OR last_run < <datetime>$started {{ <datetime>$started }} ELSE {{ last_run }}; \
+              {} \
+            }}; \
             RETURN array::len($done); \
-            COMMIT;";
+            COMMIT;",
+            outbox("$tenant", "$run_id", "'failed'")
+        );
         let vars = json!({
-            "agent_id": run.agent_id, "seq": run.seq, "error": run.reason(now),
+            "agent_id": run.agent_id, "seq": run.seq, "error": run.reason(now), "run_id": run.run_id,
             "duration_ms": (now - run.started_at).num_milliseconds().max(0),
             "period": r.period_key, "day": r.day_key, "date": r.date,
             "tenant": run.tenant, "agent": run.agent, "started": run.started_at,
         });
-        let out = self.run_retrying(sql, vars).await?;
+        let out = self.run_retrying(&sql, vars).await?;
         let settled = out
             .iter()
             .rev()

@@ -161,6 +161,45 @@ DEFINE FIELD IF NOT EXISTS expires_at ON idempotency TYPE datetime;
 DEFINE INDEX IF NOT EXISTS idempotency_expires ON idempotency FIELDS expires_at;
 "#,
     ),
+    (
+        6,
+        r#"
+-- Webhook endpoints, `webhook:⟨id⟩`, with the secret that signs their deliveries (kept to
+-- sign, so kept as is).
+DEFINE TABLE IF NOT EXISTS webhook SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS webhook_id ON webhook TYPE string;
+DEFINE FIELD IF NOT EXISTS tenant ON webhook TYPE string;
+DEFINE FIELD IF NOT EXISTS url ON webhook TYPE string;
+DEFINE FIELD IF NOT EXISTS events ON webhook TYPE array<string>;
+DEFINE FIELD IF NOT EXISTS description ON webhook TYPE option<string>;
+DEFINE FIELD IF NOT EXISTS secret ON webhook TYPE string;
+DEFINE FIELD IF NOT EXISTS created_at ON webhook TYPE datetime;
+DEFINE INDEX IF NOT EXISTS webhook_tenant ON webhook FIELDS tenant;
+-- Written with every new endpoint, so that two registrations at once conflict and the cap
+-- on a tenant's endpoints holds.
+DEFINE FIELD IF NOT EXISTS webhooks_changed_at ON tenant TYPE option<datetime>;
+-- The outbox: one delivery per event and endpoint, written in the transaction that settles
+-- the run, then sent (and retried) by whichever instance leases it.
+DEFINE TABLE IF NOT EXISTS webhook_delivery SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS delivery_id ON webhook_delivery TYPE string;
+DEFINE FIELD IF NOT EXISTS webhook_id ON webhook_delivery TYPE string;
+DEFINE FIELD IF NOT EXISTS tenant ON webhook_delivery TYPE string;
+DEFINE FIELD IF NOT EXISTS event_id ON webhook_delivery TYPE string;
+DEFINE FIELD IF NOT EXISTS event_type ON webhook_delivery TYPE string;
+DEFINE FIELD IF NOT EXISTS run_id ON webhook_delivery TYPE string;
+DEFINE FIELD IF NOT EXISTS attempts ON webhook_delivery TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS state ON webhook_delivery TYPE string;
+DEFINE FIELD IF NOT EXISTS last_status ON webhook_delivery TYPE option<int>;
+DEFINE FIELD IF NOT EXISTS last_error ON webhook_delivery TYPE option<string>;
+DEFINE FIELD IF NOT EXISTS next_attempt_at ON webhook_delivery TYPE datetime;
+DEFINE FIELD IF NOT EXISTS created_at ON webhook_delivery TYPE datetime;
+DEFINE FIELD IF NOT EXISTS lease_until ON webhook_delivery TYPE option<datetime>;
+DEFINE FIELD IF NOT EXISTS leased_by ON webhook_delivery TYPE option<string>;
+DEFINE INDEX IF NOT EXISTS webhook_delivery_due ON webhook_delivery FIELDS state, next_attempt_at;
+DEFINE INDEX IF NOT EXISTS webhook_delivery_of ON webhook_delivery FIELDS webhook_id;
+DEFINE INDEX IF NOT EXISTS webhook_delivery_created ON webhook_delivery FIELDS created_at;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.

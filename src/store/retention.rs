@@ -1,5 +1,5 @@
-//! Retention: deleting run and chat history older than a cutoff, in small batches, while daily
-//! usage rows stay for billing.
+//! Retention: deleting run and chat history (and webhook deliveries) older than a cutoff, in
+//! small batches, while daily usage rows stay for billing.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +17,7 @@ const BATCH: u64 = 500;
 pub struct Purged {
     pub runs: u64,
     pub chats: u64,
+    pub deliveries: u64,
 }
 
 #[derive(Deserialize)]
@@ -74,12 +75,21 @@ impl Store {
             .await?;
             purged.runs += old.len() as u64;
         }
+        purged.chats = self.purge_table("chat", cutoff).await?;
+        purged.deliveries = self.purge_table("webhook_delivery", cutoff).await?;
+        Ok(purged)
+    }
+
+    /// Deletes the rows of `table` created before `cutoff`, batch by batch; answers how many.
+    async fn purge_table(&self, table: &str, cutoff: DateTime<Utc>) -> Result<u64> {
+        let mut total = 0;
         loop {
             let out = self
                 .run(
-                    "LET $old = (SELECT VALUE id FROM chat WHERE created_at < <datetime>$cutoff LIMIT $n); \
+                    "LET $old = (SELECT VALUE id FROM type::table($table) \
+                       WHERE created_at < <datetime>$cutoff LIMIT $n); \
                      DELETE $old; RETURN array::len($old);",
-                    json!({"cutoff": cutoff, "n": BATCH}),
+                    json!({"table": table, "cutoff": cutoff, "n": BATCH}),
                 )
                 .await?;
             let n = out
@@ -87,14 +97,13 @@ impl Store {
                 .and_then(|rows| rows.first())
                 .and_then(serde_json::Value::as_u64)
                 .ok_or_else(|| {
-                    StoreError::Internal(anyhow::anyhow!("the chat purge returned no count"))
+                    StoreError::Internal(anyhow::anyhow!("the {table} purge returned no count"))
                 })?;
-            purged.chats += n;
+            total += n;
             if n < BATCH {
-                break;
+                return Ok(total);
             }
         }
-        Ok(purged)
     }
 
     /// The newest retention cutoff, if history was ever purged.

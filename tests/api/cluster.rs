@@ -790,3 +790,97 @@ async fn kill_9_of_the_instance_running_a_background_run_fails_it_and_its_key_an
     let (code, out) = ares_check(&env);
     assert_eq!(code, 0, "ares check: {out}");
 }
+
+/// Webhook events pending on an instance killed with -9 are delivered by another; while both
+/// serve, no two attempts at one event are ever in flight at once (the lease on a delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_webhook_events_pending_loses_none_and_never_sends_one_twice_at_once() {
+    let Some(c) = Cluster::start(Duration::from_millis(10)).await else {
+        return;
+    };
+    let env = with_var(&c.env, "ARES_INSTANCE_LEASE", "2s".into());
+    let env = with_var(
+        &env,
+        "ARES_WEBHOOKS",
+        "{timeout: 1s, first_retry: 200ms, max_retry: 400ms, max_attempts: 100, allow_private_addresses: true}"
+            .into(),
+    );
+    let receiver = crate::webhooks::Receiver::start(&[]).await;
+    receiver.answer_with(503);
+    receiver.set_delay(Duration::from_millis(150));
+    let mut a = Ares::start("a", &env).await;
+    let b = Ares::start("b", &env).await;
+    let key = a.tenant(&slug(), json!({})).await;
+    let hook = a
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({"url": receiver.url, "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.text);
+    crate::helpers::remember_secret(hook.body["secret"].as_str().unwrap());
+    let hook = hook.body["id"].as_str().unwrap().to_string();
+    for i in 0..8 {
+        let r = a.run(&key, "worker", &format!("event {i}")).await;
+        assert_eq!(r.body["status"], "completed", "{}", r.text);
+    }
+    // Every event has been tried and refused at least twice, by either instance.
+    eventually(
+        Duration::from_secs(20),
+        "two refused attempts of each event",
+        || async {
+            let got = receiver.received();
+            let mut per_event: HashMap<String, usize> = HashMap::new();
+            for r in &got {
+                *per_event
+                    .entry(r.headers["webhook-id"].to_string())
+                    .or_default() += 1;
+            }
+            per_event.len() == 8 && per_event.values().all(|n| *n >= 2)
+        },
+    )
+    .await;
+    a.kill9();
+    receiver.answer_with(200);
+    eventually(
+        Duration::from_secs(30),
+        "every delivery delivered",
+        || async {
+            let r = b
+                .get(
+                    &format!("/v1/webhooks/{hook}/deliveries?per_page=100"),
+                    &key,
+                )
+                .await;
+            r.body["total"] == 8
+                && r.body["deliveries"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().all(|d| d["state"] == "delivered"))
+        },
+    )
+    .await;
+    let got = receiver.received();
+    let mut per_event: HashMap<String, Vec<&crate::webhooks::Received>> = HashMap::new();
+    for r in &got {
+        per_event
+            .entry(r.headers["webhook-id"].to_string())
+            .or_default()
+            .push(r);
+    }
+    assert_eq!(per_event.len(), 8, "one id per event");
+    for (id, mut attempts) in per_event {
+        assert!(
+            attempts.iter().any(|r| r.status == 200),
+            "{id} was never answered 200"
+        );
+        attempts.sort_by_key(|r| r.at);
+        for pair in attempts.windows(2) {
+            let ended = pair[0].ended.expect("every attempt has ended");
+            assert!(
+                pair[1].at >= ended,
+                "two attempts at {id} were in flight at once"
+            );
+        }
+    }
+}

@@ -17,7 +17,14 @@ use crate::upstream::{Reply, Upstream, answer, tool_call};
 /// A server on `fixtures/agents-hardening` (tenant `acme`: `quick`, `quick-tools`) whose
 /// `llama-3.3-70b` is `provider`.
 pub async fn app_on(provider: Arc<dyn Provider>) -> TestApp {
-    let mut settings = test_settings();
+    app_on_with(provider, test_settings()).await
+}
+
+/// [`app_on`] with these `settings` (their agents folder replaced).
+pub async fn app_on_with(
+    provider: Arc<dyn Provider>,
+    mut settings: ares::config::Settings,
+) -> TestApp {
     settings.agents_dir = "fixtures/agents-hardening".into();
     let store = ares::store::Store::connect(&settings.database)
         .await

@@ -28,3 +28,4 @@ mod v1_chat;
 mod v1_keys;
 mod v1_runs;
 mod v1_usage;
+mod webhooks;

@@ -30,7 +30,7 @@ enum Key {
 
 struct Case {
     method: &'static str,
-    path: &'static str,
+    path: String,
     key: Key,
     /// `None` sends no body.
     body: Body,
@@ -46,14 +46,14 @@ fn json_body(v: Value) -> Body {
 
 fn case(
     method: &'static str,
-    path: &'static str,
+    path: impl Into<String>,
     key: Key,
     body: Body,
     code: &'static str,
 ) -> Case {
     Case {
         method,
-        path,
+        path: path.into(),
         key,
         body,
         code,
@@ -353,8 +353,81 @@ async fn every_failure_answers_a_declared_status_with_its_code() {
             "unauthorized",
         ),
     ];
+    // Runs as resources and webhooks.
+    let hook = app
+        .post(
+            "/v1/webhooks",
+            &keys.acme,
+            &json!({"url": "https://203.0.113.5/hook", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.text);
+    let hook = hook.body["id"].as_str().unwrap().to_string();
+    let deliveries = format!("/v1/webhooks/{hook}/deliveries/nothing/retry");
+    cases.extend([
+        case("GET", "/v1/runs/nothing", Acme, None, "run_not_found"),
+        case(
+            "POST",
+            "/v1/runs/nothing/cancel",
+            Acme,
+            None,
+            "run_not_found",
+        ),
+        case(
+            "GET",
+            "/v1/runs/nothing/events",
+            Acme,
+            None,
+            "run_not_found",
+        ),
+        case("POST", "/v1/webhooks", Acme, not_json(), "invalid_request"),
+        case(
+            "POST",
+            "/v1/webhooks",
+            Acme,
+            text(),
+            "unsupported_media_type",
+        ),
+        case(
+            "POST",
+            "/v1/webhooks",
+            Acme,
+            too_large.clone(),
+            "payload_too_large",
+        ),
+        case(
+            "POST",
+            "/v1/webhooks",
+            Acme,
+            json_body(json!({"url": "http://10.0.0.1/", "events": ["*"]})),
+            "validation_failed",
+        ),
+        case(
+            "DELETE",
+            "/v1/webhooks/nothing",
+            Acme,
+            None,
+            "webhook_not_found",
+        ),
+        case(
+            "GET",
+            "/v1/webhooks/nothing/deliveries",
+            Acme,
+            None,
+            "webhook_not_found",
+        ),
+        case(
+            "POST",
+            "/v1/webhooks/nothing/deliveries/nothing/retry",
+            Acme,
+            None,
+            "webhook_not_found",
+        ),
+        case("POST", deliveries, Acme, None, "delivery_not_found"),
+    ]);
     // Every V1 operation: an unknown key, and a key over its rate limit.
-    let v1: [(&str, &str, Body); 10] = [
+    let hook_body = || json_body(json!({"url": "https://203.0.113.5/", "events": ["*"]}));
+    let v1: [(&str, &str, Body); 18] = [
         ("GET", "/v1/agents", None),
         ("GET", "/v1/agents/echo", None),
         ("POST", "/v1/agents/echo/run", run()),
@@ -365,6 +438,14 @@ async fn every_failure_answers_a_declared_status_with_its_code() {
         ("GET", "/v1/api-keys", None),
         ("POST", "/v1/api-keys", json_body(json!({"name": "k"}))),
         ("DELETE", "/v1/api-keys/some-key", None),
+        ("GET", "/v1/runs/some-run", None),
+        ("POST", "/v1/runs/some-run/cancel", None),
+        ("GET", "/v1/runs/some-run/events", None),
+        ("GET", "/v1/webhooks", None),
+        ("POST", "/v1/webhooks", hook_body()),
+        ("DELETE", "/v1/webhooks/some-hook", None),
+        ("GET", "/v1/webhooks/some-hook/deliveries", None),
+        ("POST", "/v1/webhooks/some-hook/deliveries/some/retry", None),
     ];
     for (method, path, body) in v1 {
         cases.push(case(method, path, Unknown, body.clone(), "unauthorized"));
