@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::agents::{Catalog, agent_schema, load_dir};
 use crate::config::Settings;
 use crate::diag::Diagnostic;
+use crate::engine::{agent_schema, validate_agents};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -357,28 +357,23 @@ fn write_out(path: Option<&Path>, text: &str) -> ExitCode {
 
 fn validate(global: &GlobalArgs, args: &ValidateArgs) -> ExitCode {
     let mut diagnostics: Vec<Diagnostic> = Vec::new();
-    let catalog;
-    let default_dir;
-    match global.settings() {
+    let (settings, default_dir) = match global.settings() {
         Ok(s) => {
-            catalog = Catalog::from_settings(&s);
-            default_dir = s.agents_dir;
+            let dir = s.agents_dir.clone();
+            (Some(s), dir)
         }
         Err(errors) => {
             // Still check the agents, without the model names the settings would have given.
             diagnostics.extend(errors.0);
-            catalog = Catalog {
-                models: None,
-                ..Catalog::from_settings(&Settings::default())
-            };
-            default_dir = global
+            let dir = global
                 .agents
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("agents.d"));
+            (None, dir)
         }
-    }
+    };
     let dir = args.dir.clone().unwrap_or(default_dir);
-    let report = load_dir(&dir, &catalog);
+    let report = validate_agents(&dir, settings.as_ref());
     diagnostics.extend(report.diagnostics);
     match args.format {
         Format::Text => {
