@@ -759,9 +759,11 @@ async fn kill_9_of_the_instance_running_a_background_run_fails_it_and_its_key_an
     assert_eq!(started.status, 202, "{}", started.text);
     let id = started.body["id"].as_str().unwrap().to_string();
     // Killed while its model call is under way.
-    eventually(Duration::from_secs(10), "the model call started", || async {
-        c.upstream.requests() == 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the model call started",
+        || async { c.upstream.requests() == 1 },
+    )
     .await;
     a.kill9();
     eventually(
