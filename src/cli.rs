@@ -58,6 +58,26 @@ pub enum Command {
     /// Verify the database's invariants (usage equals the stored runs, no run left running by
     /// a stopped instance, counters match); exit 1 and list every violation when one fails.
     Check(CheckArgs),
+    /// Print the version of an agent file: the hash that runs and `GET /v1/agents` carry.
+    Version(VersionArgs),
+    /// Show what serving an agents folder would change, per tenant, against the versions the
+    /// database served last; exit 0 when nothing changes, 2 when something does, 1 on error.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Agent file (`<agents dir>/<tenant>/<agent>.yaml`).
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Agents folder to compare [default: the settings' agents_dir, `agents.d`].
+    pub dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +179,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => block_on(serve(&cli.global, args)),
         Command::Tenant(cmd) => block_on(tenant(&cli.global, cmd)),
         Command::Check(args) => block_on_code(check(&cli.global, args)),
+        Command::Version(args) => version(&cli.global, &args),
+        Command::Plan(args) => block_on_code(plan(&cli.global, args)),
     }
 }
 
@@ -205,6 +227,109 @@ async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `ares version FILE`: the file's version, or its errors (exit 1).
+fn version(global: &GlobalArgs, args: &VersionArgs) -> ExitCode {
+    let settings = global.settings().ok();
+    match crate::engine::file_version(&args.file, settings.as_ref()) {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for d in &errors.0 {
+                eprintln!("{d}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ares plan`: 0 when serving the folder changes nothing, 2 when it changes something, 1 on
+/// error (the folder has errors, the database cannot be read).
+async fn plan(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let settings = settings_or_exit(global)?;
+    let dir = args.dir.unwrap_or_else(|| settings.agents_dir.clone());
+    let engine = crate::engine::Engine::open_database(settings).await?;
+    let plan = engine.plan(&dir).await?;
+    match args.format {
+        Format::Text => print!("{}", plan_text(&plan)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("a plan serializes")
+        ),
+    }
+    eprintln!("{}", plan_summary(&plan, &engine.database()));
+    Ok(if plan.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// The counts of a plan, in one line.
+fn plan_summary(plan: &crate::engine::Plan, database: &str) -> String {
+    let count =
+        |f: fn(&crate::engine::OwnerPlan) -> usize| -> usize { plan.owners.iter().map(f).sum() };
+    format!(
+        "plan against {database}: {} to add, {} to change, {} to remove",
+        count(|o| o.added.len()),
+        count(|o| o.changed.len()),
+        count(|o| o.removed.len())
+    )
+}
+
+/// A plan for people: per owner, `+` added, `-` removed, `~` changed with each field.
+pub fn plan_text(plan: &crate::engine::Plan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let short = |v: &serde_json::Value| {
+        let text = v.to_string();
+        if text.chars().count() > 120 {
+            format!("{}…", text.chars().take(120).collect::<String>())
+        } else {
+            text
+        }
+    };
+    for o in &plan.owners {
+        let who = if o.owner == crate::engine::GLOBAL_DIR {
+            "_global (every tenant)".to_string()
+        } else {
+            format!("tenant {}", o.owner)
+        };
+        let _ = writeln!(out, "{who}:");
+        for a in &o.added {
+            let _ = writeln!(out, "  + {} ({})", a.name, a.version);
+        }
+        for a in &o.removed {
+            let _ = writeln!(out, "  - {} ({})", a.name, a.version);
+        }
+        for c in &o.changed {
+            let _ = writeln!(out, "  ~ {} ({} -> {})", c.name, c.from, c.to);
+            for f in &c.fields {
+                match (&f.text_diff, &f.before, &f.after) {
+                    (Some(diff), _, _) => {
+                        let _ = writeln!(out, "      {}:", f.path);
+                        for line in diff.lines() {
+                            let _ = writeln!(out, "        {line}");
+                        }
+                    }
+                    (None, Some(b), Some(a)) => {
+                        let _ = writeln!(out, "      {}: {} -> {}", f.path, short(b), short(a));
+                    }
+                    (None, None, Some(a)) => {
+                        let _ = writeln!(out, "      {}: added {}", f.path, short(a));
+                    }
+                    (None, Some(b), None) => {
+                        let _ = writeln!(out, "      {}: removed (was {})", f.path, short(b));
+                    }
+                    (None, None, None) => {}
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The generated spec, as committed in `openapi/`.

@@ -50,6 +50,12 @@ pub struct Settings {
     /// Folder of agent definitions (`<tenant>/<agent>.yaml`, `_global/<agent>.yaml`).
     #[serde(default = "default_agents_dir")]
     pub agents_dir: PathBuf,
+    /// The source revision recorded for every agent file, for deployments that ship the
+    /// folder without `.git`; when absent, the last commit that touched each file (if the
+    /// folder is in a git work tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub agents_rev: Option<String>,
     /// How usage periods are cut.
     #[serde(default)]
     pub billing: BillingSettings,
@@ -497,6 +503,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ARES_DATABASE_PASS", "/database/password"),
     ("ARES_DATABASE_TIMEOUT", "/database/timeout"),
     ("ARES_AGENTS_DIR", "/agents_dir"),
+    ("ARES_AGENTS_REV", "/agents_rev"),
     ("ARES_BILLING_PERIOD_START_DAY", "/billing/period_start_day"),
     ("ARES_QUOTA_RUNS", "/quotas/runs"),
     ("ARES_QUOTA_TOKENS", "/quotas/tokens"),
@@ -931,7 +938,7 @@ mod tests {
             vec![
                 "$ARES_MAX_BODY_BYTES: /limits/max_body_bytes: expected an integer between 1024 and 67108864, got 12",
                 "ares.yaml:3:9: /quotas/runs: expected an integer of at least 0, got \"many\"",
-                "ares.yaml:4:1: /bogus: unknown field `bogus`; expected one of `listen`, `database`, `agents_dir`, `billing`, `quotas`, `limits`, `retention`, `instances`, `idempotency`, `webhooks`, `providers`, `models`",
+                "ares.yaml:4:1: /bogus: unknown field `bogus`; expected one of `listen`, `database`, `agents_dir`, `agents_rev`, `billing`, `quotas`, `limits`, `retention`, `instances`, `idempotency`, `webhooks`, `providers`, `models`",
             ]
         );
         let errs = load(

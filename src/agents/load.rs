@@ -176,6 +176,8 @@ pub fn parse_agent(
         tenant: tenant.map(String::from),
         name: name.to_string(),
         file: PathBuf::from(file),
+        version: super::version_of(&spec),
+        source_rev: None,
         input_validator: compiled.input,
         output_validator: compiled.output,
         spec,

@@ -4,12 +4,14 @@
 mod load;
 mod registry;
 mod spec;
+mod version;
 
 use std::collections::BTreeSet;
 
 pub use load::{GLOBAL_DIR, LoadReport, is_valid_name, load_dir, parse_agent};
 pub use registry::{Agent, AgentRegistry, AgentSet, ReloadStatus, ReloadWatcher};
 pub use spec::{AgentSpec, AgentStatus, agent_schema};
+pub use version::{Revisions, canonical_json, version_of};
 
 /// What agent files may refer to: the models of `ares.yaml` and the built-in tools.
 #[derive(Debug, Clone, Default)]

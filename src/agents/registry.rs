@@ -9,7 +9,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 
 use super::spec::AgentSpec;
-use super::{Catalog, load_dir};
+use super::{Catalog, Revisions, load_dir};
 use crate::diag::Diagnostics;
 
 /// One valid agent definition with its embedded schemas compiled.
@@ -20,6 +20,10 @@ pub struct Agent {
     /// The file it was read from.
     pub file: PathBuf,
     pub spec: AgentSpec,
+    /// The definition's version ([`super::version_of`]).
+    pub version: String,
+    /// The git revision of the last commit that touched its file, when known.
+    pub source_rev: Option<String>,
     pub input_validator: Option<Arc<jsonschema::Validator>>,
     pub output_validator: Option<Arc<jsonschema::Validator>>,
 }
@@ -31,6 +35,8 @@ impl std::fmt::Debug for Agent {
             .field("name", &self.name)
             .field("file", &self.file)
             .field("spec", &self.spec)
+            .field("version", &self.version)
+            .field("source_rev", &self.source_rev)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +75,31 @@ impl AgentSet {
         merged.into_values().collect()
     }
 
+    /// Every definition: `(tenant folder, agent)`, `_global`'s under [`super::GLOBAL_DIR`].
+    pub fn all(&self) -> impl Iterator<Item = (&str, &Arc<Agent>)> {
+        self.global.values().map(|a| (super::GLOBAL_DIR, a)).chain(
+            self.tenants
+                .iter()
+                .flat_map(|(t, m)| m.values().map(move |a| (t.as_str(), a))),
+        )
+    }
+
+    /// Records the revision of each agent's file (a set just loaded: its agents are not
+    /// shared yet).
+    fn stamp_revisions(&mut self, dir: &Path, revisions: &Revisions) {
+        let files: Vec<PathBuf> = self.all().map(|(_, a)| a.file.clone()).collect();
+        let revs = revisions.of(dir, &files);
+        for agent in self
+            .global
+            .values_mut()
+            .chain(self.tenants.values_mut().flat_map(|m| m.values_mut()))
+        {
+            if let Some(a) = Arc::get_mut(agent) {
+                a.source_rev = revs.get(&a.file).cloned();
+            }
+        }
+    }
+
     /// Number of agent definitions (tenant and global files).
     pub fn len(&self) -> usize {
         self.global.len() + self.tenants.values().map(BTreeMap::len).sum::<usize>()
@@ -83,9 +114,12 @@ impl AgentSet {
 pub struct AgentRegistry {
     dir: PathBuf,
     catalog: Catalog,
+    revisions: Revisions,
     current: RwLock<Arc<AgentSet>>,
     reloads: AtomicU64,
     last_errors: Mutex<Option<Diagnostics>>,
+    /// Counts the sets put in force, for whoever records what is served.
+    swapped: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the last reloads did, for logs, metrics and tests.
@@ -98,18 +132,18 @@ pub struct ReloadStatus {
 }
 
 impl AgentRegistry {
-    /// Loads `dir`; any error refuses the whole set.
-    pub fn load(dir: &Path, catalog: Catalog) -> Result<Self, Diagnostics> {
-        let report = load_dir(dir, &catalog);
-        if !report.diagnostics.is_empty() {
-            return Err(Diagnostics(report.diagnostics));
-        }
+    /// Loads `dir`, with the source revision of each file from `revisions`; any error
+    /// refuses the whole set.
+    pub fn load(dir: &Path, catalog: Catalog, revisions: Revisions) -> Result<Self, Diagnostics> {
+        let set = read_set(dir, &catalog, &revisions)?;
         Ok(AgentRegistry {
             dir: dir.to_path_buf(),
             catalog,
-            current: RwLock::new(Arc::new(report.agents)),
+            revisions,
+            current: RwLock::new(Arc::new(set)),
             reloads: AtomicU64::new(0),
             last_errors: Mutex::new(None),
+            swapped: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -118,10 +152,17 @@ impl AgentRegistry {
         AgentRegistry {
             dir: PathBuf::new(),
             catalog: Catalog::default(),
+            revisions: Revisions::None,
             current: RwLock::new(Arc::new(set)),
             reloads: AtomicU64::new(0),
             last_errors: Mutex::new(None),
+            swapped: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes each time a new set is put in force.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swapped.subscribe()
     }
 
     /// The set in force now. Cheap: one lock and one reference count.
@@ -139,14 +180,12 @@ impl AgentRegistry {
     /// Reads the folder again. A valid set replaces the current one at once; an invalid
     /// one is refused with its errors and the current set keeps serving.
     pub fn reload(&self) -> Result<usize, Diagnostics> {
-        let report = load_dir(&self.dir, &self.catalog);
-        let result = if report.diagnostics.is_empty() {
-            let n = report.agents.len();
-            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(report.agents);
-            Ok(n)
-        } else {
-            Err(Diagnostics(report.diagnostics))
-        };
+        let result = read_set(&self.dir, &self.catalog, &self.revisions).map(|set| {
+            let n = set.len();
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+            self.swapped.send_modify(|n| *n += 1);
+            n
+        });
         *self.last_errors.lock().unwrap_or_else(|p| p.into_inner()) =
             result.as_ref().err().cloned();
         self.reloads.fetch_add(1, Ordering::SeqCst);
@@ -204,6 +243,17 @@ impl AgentRegistry {
             task,
         })
     }
+}
+
+/// The valid set of `dir` with its files' revisions, or every error.
+fn read_set(dir: &Path, catalog: &Catalog, revisions: &Revisions) -> Result<AgentSet, Diagnostics> {
+    let report = load_dir(dir, catalog);
+    if !report.diagnostics.is_empty() {
+        return Err(Diagnostics(report.diagnostics));
+    }
+    let mut set = report.agents;
+    set.stamp_revisions(dir, revisions);
+    Ok(set)
 }
 
 /// Keeps a registry's folder watched; dropping it stops the watching.

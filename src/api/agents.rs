@@ -13,7 +13,7 @@ use super::json_object::JsonObject;
 use super::wire::document_example;
 use super::wire::{JsonBody, Timestamp};
 use super::{ApiTags, App, Page, idempotency, prefers_async};
-use crate::engine::{AgentView, RunAsk, RunRecord, Step, StepKind};
+use crate::engine::{AgentVersion, AgentView, RunAsk, RunRecord, Step, StepKind};
 
 /// An agent's configuration as listed.
 #[derive(Debug, Clone, Object)]
@@ -64,6 +64,10 @@ pub struct AgentSummary {
     /// `active`, or `disabled` (refuses runs).
     pub status: String,
     pub config: AgentConfigSummary,
+    /// The version of the definition served now: a short hash of it, which changes with any
+    /// change that matters (always sent by ares; optional for other servers of this API).
+    #[oai(skip_serializing_if_is_none)]
+    pub version: Option<String>,
     /// When this tenant's agent was first seen by the server.
     pub created_at: Timestamp,
     /// Start of the latest run; null before the first.
@@ -91,6 +95,10 @@ pub struct AgentDetail {
     #[oai(nullable)]
     pub description: Option<String>,
     pub config: AgentConfig,
+    /// The version of the definition served now: a short hash of it, which changes with any
+    /// change that matters (always sent by ares; optional for other servers of this API).
+    #[oai(skip_serializing_if_is_none)]
+    pub version: Option<String>,
     /// When this tenant's agent was first seen by the server.
     pub created_at: Timestamp,
     /// Start of the latest run; null before the first.
@@ -116,6 +124,48 @@ pub struct AgentList {
     pub per_page: u32,
 }
 
+/// One version of an agent's definition, as first served.
+#[derive(Debug, Clone, Object)]
+pub struct AgentVersionItem {
+    /// The version: a short hash of the definition.
+    pub version: String,
+    /// When a server first served it.
+    pub first_served_at: Timestamp,
+    /// The git revision of the last commit that touched the agent's file then (or
+    /// `ARES_AGENTS_REV`); null when unknown.
+    #[oai(nullable)]
+    pub source_rev: Option<String>,
+    /// The definition, as the agent file gave it with every default filled in.
+    pub config: JsonObject,
+}
+
+/// A page of an agent's versions, newest first.
+#[derive(Debug, Clone, Object)]
+pub struct AgentVersionList {
+    /// The versions of this page, newest first.
+    pub versions: Vec<AgentVersionItem>,
+    /// All versions of the agent ever served, not only this page's.
+    pub total: u64,
+    /// The page number, from 1.
+    pub page: u32,
+    /// The page size.
+    pub per_page: u32,
+}
+
+impl From<AgentVersion> for AgentVersionItem {
+    fn from(v: AgentVersion) -> Self {
+        AgentVersionItem {
+            version: v.version,
+            first_served_at: v.first_served_at.into(),
+            source_rev: v.source_rev,
+            config: match v.config {
+                serde_json::Value::Object(m) => JsonObject(m),
+                _ => JsonObject::default(),
+            },
+        }
+    }
+}
+
 /// The input of a run.
 #[derive(Debug, Clone, Object, serde::Deserialize)]
 #[oai(example)]
@@ -135,6 +185,10 @@ pub struct RunResponse {
     /// Name of the agent that ran (always sent by ares; optional for other servers of this API).
     #[oai(skip_serializing_if_is_none)]
     pub agent_name: Option<String>,
+    /// The version of the agent's definition that ran (always sent by ares for runs it
+    /// records; optional for other servers of this API).
+    #[oai(skip_serializing_if_is_none)]
+    pub agent_version: Option<String>,
     /// `completed`, `failed` or `cancelled` (`running` while a run is in flight).
     pub status: String,
     /// The input as given.
@@ -238,6 +292,7 @@ impl From<RunRecord> for RunResponse {
             id: r.id,
             agent_id: r.agent_id,
             agent_name: Some(r.agent),
+            agent_version: r.agent_version,
             status: r.status.as_str().to_string(),
             input: object(r.input).unwrap_or_default(),
             output: r.output.and_then(object),
@@ -270,6 +325,7 @@ impl From<AgentView> for AgentSummary {
                 model: a.spec.model.clone(),
                 tools: a.spec.tools.clone(),
             },
+            version: Some(a.version.clone()),
             created_at: v.state.created_at.into(),
             last_run: v.state.last_run.map(Timestamp),
             total_runs: v.state.total_runs,
@@ -298,6 +354,7 @@ impl From<AgentView> for AgentDetail {
                 input_schema: schema_object(&a.spec.input_schema),
                 output_schema: schema_object(&a.spec.output_schema),
             },
+            version: Some(a.version.clone()),
             created_at: v.state.created_at.into(),
             last_run: v.state.last_run.map(Timestamp),
             total_runs: v.state.total_runs,
@@ -375,6 +432,22 @@ responses! {
         ok {
         /// A page of the agent's runs, newest first.
         Ok(Json<RunList>) = 200,
+        }
+        errors {
+            BadRequest = 400: "A query parameter is not a number, or out of range (`invalid_request`).",
+            Unauthorized = 401: "Missing or invalid API key.",
+            NotFound = 404: "No agent of that name in this tenant (`agent_not_found`).",
+            Unavailable = 503: "The database is unavailable.",
+        }
+        throttled { RateLimited: "The API key sent more requests than its per-minute limit (`rate_limited`); retry after `Retry-After` seconds." }
+    }
+}
+
+responses! {
+    ListAgentVersionsResponse {
+        ok {
+        /// A page of the agent's versions, newest first.
+        Ok(Json<AgentVersionList>) = 200,
         }
         errors {
             BadRequest = 400: "A query parameter is not a number, or out of range (`invalid_request`).",
@@ -547,6 +620,58 @@ impl AgentsApi {
         {
             Ok(listing) => ListRunsResponse::Ok(Json(RunList {
                 runs: listing.items.into_iter().map(RunResponse::from).collect(),
+                total: listing.total,
+                page: page.page,
+                per_page: page.per_page,
+            })),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// List agent versions
+    ///
+    /// Returns every version of the agent's definition a server has served, newest first,
+    /// each with its definition and the git revision it came from. Runs name the version
+    /// that ran in `agent_version`.
+    #[oai(
+        path = "/agents/:name/versions",
+        method = "get",
+        operation_id = "listAgentVersions"
+    )]
+    async fn versions(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: ApiKeyAuth,
+        /// The agent's name.
+        name: Path<String>,
+        /// Page number, from 1 (at most 1,000,000).
+        #[oai(
+            default = "super::default_page",
+            validator(minimum(value = "1"), maximum(value = "1000000"))
+        )]
+        page: Query<u32>,
+        /// Results per page, 1 to 100.
+        #[oai(
+            default = "super::default_per_page",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
+        per_page: Query<u32>,
+    ) -> ListAgentVersionsResponse {
+        let page = match Page::new(page.0, per_page.0) {
+            Ok(p) => p,
+            Err(e) => return e.into(),
+        };
+        match app
+            .engine
+            .agent_versions(&auth.0.tenant, &name.0, page.offset(), page.limit())
+            .await
+        {
+            Ok(listing) => ListAgentVersionsResponse::Ok(Json(AgentVersionList {
+                versions: listing
+                    .items
+                    .into_iter()
+                    .map(AgentVersionItem::from)
+                    .collect(),
                 total: listing.total,
                 page: page.page,
                 per_page: page.per_page,

@@ -20,7 +20,7 @@ pub struct Background {
     keeper: tokio::task::JoinHandle<()>,
     purger: Option<tokio::task::JoinHandle<()>>,
     /// Cancels asked of this instance's runs on other instances; expired idempotency keys;
-    /// webhook deliveries.
+    /// webhook deliveries; the agent versions served.
     watchers: Vec<tokio::task::JoinHandle<()>>,
     engine: Arc<Engine>,
 }
@@ -63,6 +63,7 @@ impl Engine {
             tokio::spawn(watch_cancels(Arc::clone(self))),
             tokio::spawn(expire_idempotency_keys(Arc::clone(self))),
             tokio::spawn(Arc::clone(self).send_webhooks()),
+            tokio::spawn(Arc::clone(self).track_served()),
         ];
         Ok(Background {
             stop_flusher,

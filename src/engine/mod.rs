@@ -21,6 +21,7 @@ mod tenants;
 mod tool_loop;
 mod usage;
 mod validate;
+mod versions;
 mod webhooks;
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use crate::agents::{AgentRegistry, Catalog, ReloadStatus, ReloadWatcher};
+use crate::agents::{AgentRegistry, Catalog, ReloadStatus, ReloadWatcher, Revisions};
 use crate::config::Settings;
 use crate::llm::Models;
 use crate::store::Store;
@@ -45,7 +46,11 @@ pub use telemetry::Figures;
 pub use tenants::NewTenant;
 pub use usage::UsageReport;
 pub use validate::{agent_schema, validate_agents};
+pub use versions::{ChangedAgent, FieldChange, OwnerPlan, Plan, PlannedAgent, file_version};
 pub use webhooks::{EVENTS as WEBHOOK_EVENTS, NewWebhook, RunEncoder, sign as sign_webhook};
+
+/// The folder of the agents every tenant is served.
+pub use crate::agents::GLOBAL_DIR;
 
 /// The words of a conversation.
 pub use crate::llm::{Message, Role};
@@ -55,8 +60,9 @@ pub use crate::store::{CloseNotice, begin_close, wait_closed};
 
 /// The records and values the use cases answer with.
 pub use crate::store::{
-    AgentState, ApiKey, CheckReport, DayUsage, Delivery, DeliveryState, EventType, NewKey, Period,
-    RunRecord, RunStatus, Step, StepKind, Tenant, TenantPatch, Usage, Violation, Webhook,
+    AgentState, AgentVersion, ApiKey, CheckReport, DayUsage, Delivery, DeliveryState, EventType,
+    NewKey, Period, RunRecord, RunStatus, Step, StepKind, Tenant, TenantPatch, Usage, Violation,
+    Webhook,
 };
 
 /// The stable id of a tenant's agent: UUIDv5 of the tenant and the agent name.
@@ -145,9 +151,16 @@ impl Engine {
         models: Models,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Engine> {
-        let agents =
-            AgentRegistry::load(&settings.agents_dir, Catalog::from_settings(&settings))
-                .map_err(|errors| anyhow::anyhow!("the agents folder has errors:\n{errors}"))?;
+        let revisions = match &settings.agents_rev {
+            Some(rev) => Revisions::Fixed(rev.clone()),
+            None => Revisions::Git,
+        };
+        let agents = AgentRegistry::load(
+            &settings.agents_dir,
+            Catalog::from_settings(&settings),
+            revisions,
+        )
+        .map_err(|errors| anyhow::anyhow!("the agents folder has errors:\n{errors}"))?;
         Ok(Engine::assemble(settings, store, models, agents, clock))
     }
 

@@ -223,6 +223,7 @@ impl Engine {
             i64::try_from(agent.spec.timeout_ms).unwrap_or(i64::MAX / 2),
         );
         run.deadline = now.checked_add_signed(timeout + RUN_GRACE);
+        run.agent_version = Some(agent.version.clone());
         let begun = self
             .store
             .begin_run(&period, tenant.quota_runs, tenant.quota_tokens, &mut run)

@@ -312,7 +312,8 @@ impl Store {
                     IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
                       tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
                       started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance, \
-                      deadline: <option<datetime>>($r.deadline ?? NONE) } RETURN NONE; \
+                      deadline: <option<datetime>>($r.deadline ?? NONE), \
+                      agent_version: $r.agent_version ?? NONE } RETURN NONE; \
                       CREATE type::record('run_ref', $r.run_id) SET agent_id = $r.agent_id, seq = $seq, \
                         tenant = $r.tenant RETURN NONE; }; \
                     RETURN $seq; \
@@ -535,7 +536,7 @@ IF $bn{i} > 0 {{
     id: type::record('run', [$r.agent_id, $bb{i} + $k + 1]), run_id: $r.run_id, seq: $bb{i} + $k + 1,
     tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input,
     started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance,
-    deadline: <option<datetime>>($r.deadline ?? NONE) }}) RETURN NONE;
+    deadline: <option<datetime>>($r.deadline ?? NONE), agent_version: $r.agent_version ?? NONE }}) RETURN NONE;
   INSERT INTO run_ref array::slice($b{i}.runs, 0, $bn{i}).map(|$r, $k| {{
     id: type::record('run_ref', $r.run_id), agent_id: $r.agent_id, seq: $bb{i} + $k + 1,
     tenant: $r.tenant }}) RETURN NONE;

@@ -200,6 +200,29 @@ DEFINE INDEX IF NOT EXISTS webhook_delivery_of ON webhook_delivery FIELDS webhoo
 DEFINE INDEX IF NOT EXISTS webhook_delivery_created ON webhook_delivery FIELDS created_at;
 "#,
     ),
+    (
+        7,
+        r#"
+-- The version of the agent definition a run ran (runs from before versions have none).
+DEFINE FIELD IF NOT EXISTS agent_version ON run TYPE option<string>;
+-- Every agent version ever served, once: `agent_version:[owner, name, version]`, where the
+-- owner is the tenant whose folder holds the file, or `_global`.
+DEFINE TABLE IF NOT EXISTS agent_version SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS owner ON agent_version TYPE string;
+DEFINE FIELD IF NOT EXISTS name ON agent_version TYPE string;
+DEFINE FIELD IF NOT EXISTS version ON agent_version TYPE string;
+DEFINE FIELD IF NOT EXISTS config ON agent_version TYPE object FLEXIBLE;
+DEFINE FIELD IF NOT EXISTS source_rev ON agent_version TYPE option<string>;
+DEFINE FIELD IF NOT EXISTS first_served_at ON agent_version TYPE datetime;
+DEFINE INDEX IF NOT EXISTS agent_version_of ON agent_version FIELDS owner, name;
+-- The set served last, `agent_served:[owner, name]`: what `ares plan` compares a folder with.
+DEFINE TABLE IF NOT EXISTS agent_served SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS owner ON agent_served TYPE string;
+DEFINE FIELD IF NOT EXISTS name ON agent_served TYPE string;
+DEFINE FIELD IF NOT EXISTS version ON agent_served TYPE string;
+DEFINE FIELD IF NOT EXISTS served_at ON agent_served TYPE datetime;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.

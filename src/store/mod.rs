@@ -18,6 +18,7 @@ mod tenants;
 #[cfg(test)]
 mod testing;
 mod usage;
+mod versions;
 mod webhooks;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub use records::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus, Ste
 pub use retention::Purged;
 pub use tenants::{Tenant, TenantPatch};
 pub use usage::{DayUsage, Period, Usage};
+pub use versions::AgentVersion;
 pub use webhooks::{Attempt, Delivery, DeliveryState, EventType, Webhook};
 
 /// What can go wrong in storage, as the API needs to tell it apart.

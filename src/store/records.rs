@@ -82,6 +82,9 @@ pub struct RunRecord {
     /// any instance fails a run still running after it.
     #[serde(default)]
     pub deadline: Option<DateTime<Utc>>,
+    /// The version of the agent's definition that ran (runs from before versions have none).
+    #[serde(default)]
+    pub agent_version: Option<String>,
 }
 
 impl RunRecord {
@@ -109,6 +112,7 @@ impl RunRecord {
             duration_ms: None,
             tokens_used: 0,
             deadline: None,
+            agent_version: None,
         }
     }
 }

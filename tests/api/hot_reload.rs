@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ares::agents::{AgentRegistry, Catalog};
+use ares::agents::{AgentRegistry, Catalog, Revisions};
 
 fn catalog() -> Catalog {
     Catalog {
@@ -39,7 +39,7 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 async fn changes_are_swapped_in_and_invalid_sets_refused() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "acme/one.yaml", "first");
-    let registry = Arc::new(AgentRegistry::load(dir.path(), catalog()).unwrap());
+    let registry = Arc::new(AgentRegistry::load(dir.path(), catalog(), Revisions::None).unwrap());
     let _watch = registry.watch(Duration::from_millis(50)).unwrap();
     let before = registry.snapshot();
 
@@ -108,7 +108,7 @@ fn an_invalid_folder_refuses_to_load() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("acme")).unwrap();
     std::fs::write(dir.path().join("acme/x.yaml"), "model: [\n").unwrap();
-    let errors = AgentRegistry::load(dir.path(), catalog())
+    let errors = AgentRegistry::load(dir.path(), catalog(), Revisions::None)
         .err()
         .expect("refused");
     assert_eq!(errors.0.len(), 1);

@@ -28,4 +28,5 @@ mod v1_chat;
 mod v1_keys;
 mod v1_runs;
 mod v1_usage;
+mod versions;
 mod webhooks;

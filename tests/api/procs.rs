@@ -368,6 +368,16 @@ impl Ares {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGTERM, and waits for the graceful stop (the database closed); whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: kill(2) on the pid of a child not yet waited for.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        c.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
     /// SIGKILL: no graceful shutdown, no last flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

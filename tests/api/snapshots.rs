@@ -23,6 +23,7 @@ const VOLATILE: &[(&str, Shape)] = &[
     ("started_at", is_time),
     ("finished_at", is_time),
     ("last_run", is_time),
+    ("first_served_at", is_time),
     ("last_used", is_time),
     ("expires_at", is_time),
     ("period_start", is_time),
@@ -178,6 +179,16 @@ async fn every_endpoint_success_and_error_body() {
     insta::assert_json_snapshot!(
         "list_runs",
         shot(&app.list_runs(&key, "risk-analyzer", "").await)
+    );
+    // The background work records the set served as the server starts; recorded here too,
+    // so that the listing does not wait for it (the same set: nothing changes).
+    app.app.engine.record_served().await.unwrap();
+    let versions = "/v1/agents/risk-analyzer/versions";
+    // The revision is the last commit that touched the fixture (tested in versions.rs).
+    insta::assert_json_snapshot!(
+        "list_agent_versions",
+        shot(&app.get(versions, &key).await),
+        {".body.versions[].source_rev" => "[source_rev]"}
     );
 
     insta::assert_json_snapshot!("chat", shot(&app.chat(&key, chat.clone()).await));

@@ -194,6 +194,20 @@ async fn every_failure_answers_a_declared_status_with_its_code() {
             None,
             "invalid_request",
         ),
+        case(
+            "GET",
+            "/v1/agents/nobody/versions",
+            Acme,
+            None,
+            "agent_not_found",
+        ),
+        case(
+            "GET",
+            "/v1/agents/echo/versions?page=0",
+            Acme,
+            None,
+            "invalid_request",
+        ),
         case("POST", "/v1/chat", Acme, not_json(), "invalid_request"),
         case("POST", "/v1/chat", Acme, text(), "unsupported_media_type"),
         case(
@@ -427,11 +441,12 @@ async fn every_failure_answers_a_declared_status_with_its_code() {
     ]);
     // Every V1 operation: an unknown key, and a key over its rate limit.
     let hook_body = || json_body(json!({"url": "https://203.0.113.5/", "events": ["*"]}));
-    let v1: [(&str, &str, Body); 18] = [
+    let v1: [(&str, &str, Body); 19] = [
         ("GET", "/v1/agents", None),
         ("GET", "/v1/agents/echo", None),
         ("POST", "/v1/agents/echo/run", run()),
         ("GET", "/v1/agents/echo/runs", None),
+        ("GET", "/v1/agents/echo/versions", None),
         ("POST", "/v1/chat", chat("llama-3.1-8b")),
         ("POST", "/v1/chat/stream", chat("llama-3.1-8b")),
         ("GET", "/v1/usage", None),
