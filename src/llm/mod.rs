@@ -3,6 +3,7 @@
 //! The only module that knows a provider's protocol. The engine speaks in [`ChatRequest`] and
 //! [`ChatResponse`]; each provider translates.
 
+pub mod cassette;
 mod offline;
 pub mod openai;
 #[cfg(test)]
@@ -224,6 +225,20 @@ impl Models {
             max_tokens: None,
         };
         self.routes.insert(name.to_string(), route);
+    }
+
+    /// The same routes, each provider replaced by what `f` makes of it (recording or replaying
+    /// its exchanges); model ids and defaults stay.
+    pub fn map_providers(self, f: impl Fn(Arc<dyn Provider>) -> Arc<dyn Provider>) -> Models {
+        let routes = self
+            .routes
+            .into_iter()
+            .map(|(name, route)| {
+                let provider = f(route.provider.clone());
+                (name, ModelRoute { provider, ..route })
+            })
+            .collect();
+        Models { routes }
     }
 
     pub fn get(&self, name: &str) -> Option<&ModelRoute> {
