@@ -161,17 +161,25 @@ pub struct Models {
 impl Models {
     /// Builds the providers the settings declare.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Models> {
+        Models::with_providers(settings, |name, p| match p.kind {
+            ProviderKind::Offline => Arc::new(OfflineProvider),
+            ProviderKind::Openai => Arc::new(OpenAiProvider::new(
+                name,
+                p.base_url.as_deref().unwrap_or_default(),
+                p.api_key_env.as_deref(),
+            )),
+        })
+    }
+
+    /// The models of the settings, each provider of the settings made by `make` from its name
+    /// and settings (a replay answers for all of them, and builds none).
+    pub fn with_providers(
+        settings: &Settings,
+        make: impl Fn(&str, &crate::config::ProviderSettings) -> Arc<dyn Provider>,
+    ) -> anyhow::Result<Models> {
         let mut providers: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
         for (name, p) in &settings.providers {
-            let provider: Arc<dyn Provider> = match p.kind {
-                ProviderKind::Offline => Arc::new(OfflineProvider),
-                ProviderKind::Openai => Arc::new(OpenAiProvider::new(
-                    name,
-                    p.base_url.as_deref().unwrap_or_default(),
-                    p.api_key_env.as_deref(),
-                )),
-            };
-            providers.insert(name, provider);
+            providers.insert(name, make(name, p));
         }
         let mut routes = BTreeMap::new();
         for (name, m) in &settings.models {

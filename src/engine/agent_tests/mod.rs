@@ -151,17 +151,16 @@ pub async fn test_agents(
         return Ok(report);
     }
 
-    let models = Models::from_settings(&settings)?;
     let recorder = Arc::new(Recorder::default());
     let player = Arc::new(Player::default());
     let models = match options.mode {
-        TestMode::Live => models,
-        TestMode::Record => {
-            models.map_providers(|p| Arc::new(RecordingProvider::new(p, Arc::clone(&recorder))))
-        }
-        TestMode::Replay => {
-            models.map_providers(|_| Arc::new(ReplayProvider::new(Arc::clone(&player))))
-        }
+        TestMode::Live => Models::from_settings(&settings)?,
+        TestMode::Record => Models::from_settings(&settings)?
+            .map_providers(|p| Arc::new(RecordingProvider::new(p, Arc::clone(&recorder)))),
+        // No provider of the settings is built: nothing here can open a connection.
+        TestMode::Replay => Models::with_providers(&settings, |_, _| {
+            Arc::new(ReplayProvider::new(Arc::clone(&player)))
+        })?,
     };
     let store = Store::connect(&settings.database)
         .await
