@@ -598,3 +598,60 @@ fn tests_files_and_cassettes_are_not_agents() {
         .collect();
     assert_eq!(entries.len(), 3, "agent, tests, cassette: {entries:?}");
 }
+
+#[test]
+fn a_failed_run_can_be_expected_and_a_refused_input_fails_its_case() {
+    // The upstream answers text where the agent's output_schema asks for an object: the run
+    // fails, also after its repair.
+    let (url, connections) = counting_upstream();
+    let settings = format!(
+        "providers:\n  net: {{kind: openai, base_url: \"{url}\", api_key_env: ARES_TEST_UNSET_KEY}}\nmodels:\n  m: {{provider: net, id: m}}\n"
+    );
+    let strict = format!("{TRIAGE}input_schema:\n  type: object\n  required: [message]\n");
+    let tests = "\
+cases:
+  - name: not json
+    input: {message: charged twice}
+    expect:
+      status: failed
+      max_tokens: 18
+  - name: no message
+    input: {context: {}}
+";
+    let dir = project(
+        &settings,
+        &[
+            ("_global/triage.yaml", &strict),
+            ("_global/triage.tests.yaml", tests),
+        ],
+    );
+    let (code, stdout, stderr) = ares(dir.path(), &["test"]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("not json") && l.contains("pass") && l.contains(" 18 ")),
+        "two model calls of 9 tokens, the answer and its repair: {stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "agents.d/_global/triage.tests.yaml:8:12: /cases/1/input: case `no message`: the run was refused: "
+        ) && stdout.contains("input_schema"),
+        "{stdout}"
+    );
+    assert!(connections.load(Ordering::SeqCst) >= 1);
+
+    // One token fewer than the run used fails the case, at the expectation.
+    std::fs::write(
+        dir.path().join("agents.d/_global/triage.tests.yaml"),
+        tests.replace("max_tokens: 18", "max_tokens: 17"),
+    )
+    .unwrap();
+    let (_, stdout, _) = ares(dir.path(), &["test"]);
+    assert!(
+        stdout.contains(
+            "agents.d/_global/triage.tests.yaml:6:19: /cases/0/expect/max_tokens: case `not json`: the run used 18 tokens, more than 17"
+        ),
+        "{stdout}"
+    );
+}
