@@ -736,4 +736,48 @@ cases:
             "{diags:?}"
         );
     }
+
+    /// A folder's tests files: the agent beside each is found, a broken agent file leaves its
+    /// tests checked alone, a missing one is an error, and neither is taken for an agent.
+    #[test]
+    fn a_folder_s_tests_files_are_read_beside_their_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = dir.path().join("acme");
+        std::fs::create_dir(&acme).unwrap();
+        let agent = "agent_type: a\nmodel: m\nsystem_prompt: hi\noutput_schema: {type: object}\n";
+        let case = "cases: [{name: a, input: {}}]\n";
+        std::fs::write(acme.join("echo.yaml"), agent).unwrap();
+        std::fs::write(acme.join("echo.tests.yaml"), case).unwrap();
+        std::fs::write(acme.join("echo.cassette.json"), "{}").unwrap();
+        std::fs::write(acme.join("broken.yaml"), "agent_type: [\n").unwrap();
+        std::fs::write(acme.join("broken.tests.yaml"), case).unwrap();
+        std::fs::write(acme.join("ghost.tests.yaml"), case).unwrap();
+        std::fs::write(dir.path().join("stray.tests.yaml"), case).unwrap();
+        let agents = super::super::load_dir(dir.path(), &catalog());
+        let files: Vec<String> = agents
+            .diagnostics
+            .iter()
+            .map(|d| d.file.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            files,
+            ["broken.yaml", "stray.tests.yaml"],
+            "{:#?}",
+            agents.diagnostics
+        );
+        assert_eq!(agents.files, 2);
+        let tests = load_tests(dir.path(), &agents.agents, &catalog());
+        assert_eq!(tests.read, 3);
+        let found: Vec<&str> = tests.files.iter().map(|t| t.agent.as_str()).collect();
+        assert_eq!(found, ["broken", "echo"]);
+        assert_eq!(tests.diagnostics.len(), 1, "{:#?}", tests.diagnostics);
+        assert!(tests.diagnostics[0].message.contains("no agent `ghost`"));
+        // The agent's own output_schema is the case's default.
+        assert!(tests.files[1].cases[0].output_validator.is_some());
+        assert!(tests.files[0].cases[0].output_validator.is_none());
+        assert_eq!(
+            tests.files[1].cassette_path(),
+            acme.join("echo.cassette.json")
+        );
+    }
 }

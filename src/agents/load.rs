@@ -201,7 +201,12 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> LoadReport {
     } {
         let shown = entry.display().to_string();
         if !entry.is_dir() {
-            if is_yaml(&entry) {
+            if super::cases::is_test_companion(&entry) {
+                diags.push(Diagnostic::file(
+                    shown,
+                    "tests files and cassettes belong beside their agent, in its tenant folder or _global/",
+                ));
+            } else if is_yaml(&entry) {
                 diags.push(Diagnostic::file(
                     shown,
                     "agent files belong in a tenant folder: <agents dir>/<tenant>/<agent>.yaml, or _global/ for every tenant",
