@@ -167,94 +167,32 @@ pub async fn test_agents(
         .context("opening the in-memory database")?;
     let engine = Arc::new(Engine::new(settings, store, models, Arc::new(SystemClock))?);
     let tenants = provision(&engine, &options.dir, &files).await?;
-
+    let runner = Runner {
+        engine,
+        mode: options.mode,
+        recorder,
+        player,
+    };
     for tests in &files {
         let tenant = &tenants[&tests.tenant];
-        let mut cassette = Cassette::new(&tests.agent);
         let recorded = match options.mode {
             TestMode::Replay => Some(Cassette::read(&tests.cassette_path())),
             _ => None,
         };
+        let mut cassette = Cassette::new(&tests.agent);
         for case in &tests.cases {
             let mut runs = Vec::new();
             let mut tapes = Vec::new();
             for n in 0..case.spec.repeat {
-                let of = Run {
-                    n,
-                    repeat: case.spec.repeat,
-                };
-                if let Some(recorded) = &recorded {
-                    match tape(recorded, case, n, &tests.cassette_path()) {
-                        Ok(t) => player.load(t),
-                        Err(message) => {
-                            let d = tests.diagnostic(&case.pointer(), of.say(case, &message));
-                            runs.push(CaseRun::not_run(d));
-                            continue;
-                        }
-                    }
-                }
-                let answer = engine
-                    .run_agent(
-                        tenant,
-                        &tests.agent,
-                        case.spec.input.clone(),
-                        RunAsk::default(),
-                    )
-                    .await;
-                let played = recorded.is_some().then(|| player.finish());
-                if options.mode == TestMode::Record {
-                    tapes.push(recorder.take());
-                }
-                let answer = match answer {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let d = tests.diagnostic(
-                            &format!("{}/input", case.pointer()),
-                            of.say(case, &format!("the run was refused: {e}")),
-                        );
-                        runs.push(CaseRun::not_run(d));
-                        continue;
-                    }
-                };
-                let mut failures: Vec<Diagnostic> = Vec::new();
-                match played {
-                    Some(p) if !p.misses.is_empty() => {
-                        failures.extend(p.misses.iter().map(|m| {
-                            tests.diagnostic(&case.pointer(), of.say(case, m))
-                        }));
-                    }
-                    Some(p) if p.unused > 0 => failures.push(tests.diagnostic(
-                        &case.pointer(),
-                        of.say(
-                            case,
-                            &format!(
-                                "the run made {} model calls, {} fewer than the cassette holds: the conversation changed; record it again",
-                                p.asked, p.unused
-                            ),
-                        ),
-                    )),
-                    _ => failures.extend(
-                        expect::check(tests, case, &answer.run, &answer.steps)
-                            .into_iter()
-                            .map(|d| Diagnostic {
-                                message: of.say(case, &d.message),
-                                ..d
-                            }),
-                    ),
-                }
-                runs.push(CaseRun {
-                    status: Some(answer.run.status),
-                    tokens: answer.run.tokens_used,
-                    duration_ms: answer.run.duration_ms.unwrap_or_default(),
-                    failures,
-                });
+                let run = Run { tests, case, n };
+                let (result, tape) = runner.run(&run, tenant, recorded.as_ref()).await;
+                runs.push(result);
+                tapes.extend(tape);
             }
-            if options.mode == TestMode::Record {
-                cassette.cases.push(CassetteCase {
-                    name: case.spec.name.clone(),
-                    runs: tapes,
-                });
-            }
+            cassette.cases.push(CassetteCase {
+                name: case.spec.name.clone(),
+                runs: tapes,
+            });
             report.cases.push(CaseResult {
                 file: tests.file.clone(),
                 agent: label(tests),
@@ -273,25 +211,104 @@ pub async fn test_agents(
     Ok(report)
 }
 
-/// Which run of a case this is, for messages.
-struct Run {
-    n: u32,
-    repeat: u32,
+/// The engine the cases run on, and the tapes its providers record to or replay from.
+struct Runner {
+    engine: Arc<Engine>,
+    mode: TestMode,
+    recorder: Arc<Recorder>,
+    player: Arc<Player>,
 }
 
-impl Run {
-    /// `message`, naming the case (and the run, when the case repeats).
-    fn say(&self, case: &LoadedCase, message: &str) -> String {
-        if self.repeat > 1 {
-            format!(
-                "case `{}` (run {} of {}): {message}",
-                case.spec.name,
-                self.n + 1,
-                self.repeat
-            )
-        } else {
-            format!("case `{}`: {message}", case.spec.name)
+impl Runner {
+    /// One run of a case through the engine, checked; and, when recording, its tape.
+    async fn run(
+        &self,
+        run: &Run<'_>,
+        tenant: &Tenant,
+        recorded: Option<&Result<Cassette, String>>,
+    ) -> (CaseRun, Option<Tape>) {
+        let (tests, case) = (run.tests, run.case);
+        if let Some(recorded) = recorded {
+            match tape(recorded, case, run.n, &tests.cassette_path()) {
+                Ok(t) => self.player.load(t),
+                Err(message) => {
+                    return (CaseRun::not_run(run.at(&case.pointer(), &message)), None);
+                }
+            }
         }
+        let answer = self
+            .engine
+            .run_agent(
+                tenant,
+                &tests.agent,
+                case.spec.input.clone(),
+                RunAsk::default(),
+            )
+            .await;
+        let played = recorded.is_some().then(|| self.player.finish());
+        let tape = (self.mode == TestMode::Record).then(|| self.recorder.take());
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let refused = format!("the run was refused: {e}");
+                let d = run.at(&format!("{}/input", case.pointer()), &refused);
+                return (CaseRun::not_run(d), tape);
+            }
+        };
+        let failures: Vec<Diagnostic> = match played {
+            // What the run did after a request the cassette did not hold says nothing.
+            Some(p) if !p.misses.is_empty() => p
+                .misses
+                .iter()
+                .map(|m| run.at(&case.pointer(), m))
+                .collect(),
+            Some(p) if p.unused > 0 => vec![run.at(
+                &case.pointer(),
+                &format!(
+                    "the run made {} model calls, {} fewer than the cassette holds: the conversation changed; record it again",
+                    p.asked, p.unused
+                ),
+            )],
+            _ => expect::check(tests, case, &answer.run, &answer.steps)
+                .into_iter()
+                .map(|d| Diagnostic {
+                    message: run.say(&d.message),
+                    ..d
+                })
+                .collect(),
+        };
+        let result = CaseRun {
+            status: Some(answer.run.status),
+            tokens: answer.run.tokens_used,
+            duration_ms: answer.run.duration_ms.unwrap_or_default(),
+            failures,
+        };
+        (result, tape)
+    }
+}
+
+/// Which run of which case this is.
+struct Run<'a> {
+    tests: &'a AgentTests,
+    case: &'a LoadedCase,
+    /// From 0.
+    n: u32,
+}
+
+impl Run<'_> {
+    /// `message`, naming the case (and the run, when the case repeats).
+    fn say(&self, message: &str) -> String {
+        let (name, repeat) = (&self.case.spec.name, self.case.spec.repeat);
+        if repeat > 1 {
+            format!("case `{name}` (run {} of {repeat}): {message}", self.n + 1)
+        } else {
+            format!("case `{name}`: {message}")
+        }
+    }
+
+    /// A failure of this run at `pointer` of its tests file.
+    fn at(&self, pointer: &str, message: &str) -> Diagnostic {
+        self.tests.diagnostic(pointer, self.say(message))
     }
 }
 
