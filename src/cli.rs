@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Settings;
 use crate::diag::Diagnostic;
-use crate::engine::{agent_schema, validate_agents};
+use crate::engine::{TestMode, TestOptions, agent_schema, tests_schema, validate_agents};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,14 +46,18 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Serve the V1 API (and the admin API when ARES_ADMIN_TOKEN is set).
     Serve(ServeArgs),
-    /// Check every agent file (and the settings) and report every error.
+    /// Check every agent file, tests file (and the settings) and report every error.
     Validate(ValidateArgs),
+    /// Run the agents' tests (`<agent>.tests.yaml`) through the engine on an in-memory
+    /// database; exit 1 when a case fails.
+    Test(TestArgs),
     /// Print the OpenAPI spec of the V1 API (committed as openapi/v1.yaml).
     Openapi(OpenapiArgs),
     /// Provision and list tenants (directly on the database).
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// Print the JSON Schema of agent files (committed as contracts/agent.schema.json).
+    /// Print the JSON Schema of agent files (committed as contracts/agent.schema.json), or with
+    /// --tests of tests files (contracts/agent-tests.schema.json).
     Schema(SchemaArgs),
     /// Verify the database's invariants (usage equals the stored runs, no run left running by
     /// a stopped instance, counters match); exit 1 and list every violation when one fails.
@@ -144,9 +148,31 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
+    /// The schema of agent tests files instead.
+    #[arg(long)]
+    pub tests: bool,
     /// Write to this file instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Agents folder whose tests to run [default: the settings' agents_dir, `agents.d`].
+    pub dir: Option<PathBuf>,
+    /// Only the tests of agents of this name.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Also write the results as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write every model exchange to a cassette beside each tests file (<agent>.cassette.json).
+    #[arg(long, conflicts_with = "replay")]
+    pub record: bool,
+    /// Answer from the cassettes alone, without calling any provider; a request a cassette
+    /// does not hold fails its case.
+    #[arg(long)]
+    pub replay: bool,
 }
 
 impl GlobalArgs {
@@ -169,9 +195,15 @@ impl GlobalArgs {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate(&cli.global, &args),
+        // Its output is the table: only warnings are logged unless ARES_LOG says otherwise.
+        Command::Test(args) => block_on_logging("warn", test(&cli.global, args)),
         Command::Schema(args) => {
-            let text = schema_text(agent_schema());
-            write_out(args.out.as_deref(), &text)
+            let schema = if args.tests {
+                tests_schema()
+            } else {
+                agent_schema()
+            };
+            write_out(args.out.as_deref(), &schema_text(schema))
         }
         Command::Openapi(args) => {
             write_out(args.out.as_deref(), &openapi_text(args.admin, args.json))
@@ -332,6 +364,56 @@ pub fn plan_text(plan: &crate::engine::Plan) -> String {
     out
 }
 
+/// `ares test`: 0 when every case passed, 1 when one failed or a file has errors.
+async fn test(global: &GlobalArgs, args: TestArgs) -> anyhow::Result<ExitCode> {
+    let settings = settings_or_exit(global)?;
+    let dir = args.dir.clone().unwrap_or(settings.agents_dir.clone());
+    let mode = match (args.record, args.replay) {
+        (true, _) => TestMode::Record,
+        (_, true) => TestMode::Replay,
+        _ => TestMode::Live,
+    };
+    let options = TestOptions {
+        dir: dir.clone(),
+        agent: args.agent,
+        mode,
+    };
+    let report = crate::engine::test_agents(settings, options).await?;
+    if !report.errors.is_empty() {
+        for d in &report.errors {
+            println!("{d}");
+        }
+        eprintln!(
+            "{}: {} errors in the agent and tests files; no case ran",
+            dir.display(),
+            report.errors.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    print!("{}", report.table());
+    let failures = report.failures();
+    if !failures.is_empty() {
+        println!();
+        for f in &failures {
+            println!("{f}");
+        }
+    }
+    for c in &report.cassettes {
+        eprintln!("recorded {}", c.display());
+    }
+    println!();
+    println!("{}", report.summary());
+    if let Some(path) = &args.junit {
+        std::fs::write(path, crate::engine::junit_xml(&report))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// The generated spec, as committed in `openapi/`.
 pub fn openapi_text(admin: bool, json: bool) -> String {
     let mut text = match (admin, json) {
@@ -346,12 +428,12 @@ pub fn openapi_text(admin: bool, json: bool) -> String {
     text
 }
 
-fn init_logs() {
+fn init_logs(default: &str) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ARES_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let out = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
@@ -367,7 +449,15 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
 }
 
 fn block_on_code(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    init_logs();
+    block_on_logging("info", f)
+}
+
+/// Runs `f` on the engine's runtime, logging at `default_log` unless `ARES_LOG` says otherwise.
+fn block_on_logging(
+    default_log: &str,
+    f: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
+    init_logs(default_log);
     let runtime = match crate::engine::runtime() {
         Ok(r) => r,
         Err(e) => {
@@ -505,12 +595,14 @@ fn validate(global: &GlobalArgs, args: &ValidateArgs) -> ExitCode {
             for d in &diagnostics {
                 println!("{d}");
             }
-            let agents = report.agents.len();
+            let agents = report.agents;
             if diagnostics.is_empty() {
                 eprintln!(
-                    "{}: {agents} agents in {} files, no errors",
+                    "{}: {agents} agents in {} files, no errors; {} tests files, {} cases",
                     dir.display(),
-                    report.files
+                    report.files,
+                    report.tests_files,
+                    report.cases
                 );
             } else {
                 eprintln!(
@@ -525,7 +617,9 @@ fn validate(global: &GlobalArgs, args: &ValidateArgs) -> ExitCode {
             let out = serde_json::json!({
                 "dir": dir.display().to_string(),
                 "files": report.files,
-                "agents": report.agents.len(),
+                "agents": report.agents,
+                "tests_files": report.tests_files,
+                "cases": report.cases,
                 "errors": diagnostics,
             });
             println!(

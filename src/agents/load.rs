@@ -55,7 +55,7 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-fn sorted_entries(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+pub(super) fn sorted_entries(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
     match std::fs::read_dir(dir) {
         Ok(rd) => {
             let mut v: Vec<PathBuf> = rd
@@ -99,7 +99,7 @@ fn load_file(
 
 /// The bytes of a regular file (a link to one is followed), at most [`MAX_FILE_BYTES`]: a
 /// device, a pipe or a huge file is refused, never read without bound.
-fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+pub(super) fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
     let regular = |m: &std::fs::Metadata| {
         if !m.is_file() {
@@ -203,7 +203,12 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> LoadReport {
     } {
         let shown = entry.display().to_string();
         if !entry.is_dir() {
-            if is_yaml(&entry) {
+            if super::cases::is_test_companion(&entry) {
+                diags.push(Diagnostic::file(
+                    shown,
+                    "tests files and cassettes belong beside their agent, in its tenant folder or _global/",
+                ));
+            } else if is_yaml(&entry) {
                 diags.push(Diagnostic::file(
                     shown,
                     "agent files belong in a tenant folder: <agents dir>/<tenant>/<agent>.yaml, or _global/ for every tenant",
@@ -233,7 +238,8 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> LoadReport {
                 ));
                 continue;
             }
-            if !is_yaml(&path) {
+            // Tests files and their cassettes sit beside the agents they test.
+            if !is_yaml(&path) || super::cases::is_test_companion(&path) {
                 continue;
             }
             files += 1;

@@ -1,6 +1,8 @@
 //! Agents as configuration: definitions in `agents.d`, their JSON Schema, loading with
-//! located errors, and the registry the server reads (hot-reloaded, swapped atomically).
+//! located errors, the registry the server reads (hot-reloaded, swapped atomically), and the
+//! agents' tests files.
 
+mod cases;
 mod load;
 mod registry;
 mod spec;
@@ -8,6 +10,11 @@ mod version;
 
 use std::collections::BTreeSet;
 
+pub use cases::{
+    AgentTests, CASSETTE_SUFFIX, Case, Expect, ExpectedStatus, LoadedCase, TESTS_SUFFIX, Target,
+    TestsReport, TestsSpec, ValueCheck, is_json_pointer, is_test_companion, load_tests,
+    parse_tests, tests_schema,
+};
 pub use load::{GLOBAL_DIR, LoadReport, is_valid_name, load_dir, parse_agent};
 pub use registry::{Agent, AgentRegistry, AgentSet, ReloadStatus, ReloadWatcher};
 pub use spec::{AgentSpec, AgentStatus, agent_schema};

@@ -64,6 +64,15 @@ impl AgentSet {
             .or_else(|| self.global.get(name))
     }
 
+    /// The agent of `name` defined in `tenant`'s own folder (`None`: in `_global`), without
+    /// falling back to `_global`.
+    pub fn own(&self, tenant: Option<&str>, name: &str) -> Option<&Arc<Agent>> {
+        match tenant {
+            Some(t) => self.tenants.get(t).and_then(|m| m.get(name)),
+            None => self.global.get(name),
+        }
+    }
+
     /// Every agent `tenant` sees, ordered by name.
     pub fn list(&self, tenant: &str) -> Vec<&Arc<Agent>> {
         let own = self.tenants.get(tenant);

@@ -116,15 +116,14 @@ fn list(names: impl Iterator<Item = impl AsRef<str>>) -> String {
     }
 }
 
-/// Checks an embedded JSON Schema and compiles it.
-fn compile_embedded(
+/// Checks the JSON Schema embedded at `at` (a JSON pointer) and compiles it.
+pub(super) fn compile_embedded(
     file: &str,
     doc: &Located,
-    field: &str,
+    at: &str,
     schema: &Value,
     out: &mut Vec<Diagnostic>,
 ) -> Option<Arc<jsonschema::Validator>> {
-    let at = format!("/{field}");
     let error = match jsonschema::meta::validate(schema) {
         Err(e) => e,
         Ok(()) => match jsonschema::validator_for(schema) {
@@ -206,7 +205,7 @@ pub(super) fn check(
     let input = v
         .get("input_schema")
         .filter(|s| s.is_object())
-        .and_then(|s| compile_embedded(file, doc, "input_schema", s, out));
+        .and_then(|s| compile_embedded(file, doc, "/input_schema", s, out));
     let output = v
         .get("output_schema")
         .filter(|s| s.is_object())
@@ -220,7 +219,7 @@ pub(super) fn check(
                 ));
                 return None;
             }
-            compile_embedded(file, doc, "output_schema", s, out)
+            compile_embedded(file, doc, "/output_schema", s, out)
         });
     Compiled { input, output }
 }

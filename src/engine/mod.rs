@@ -1,9 +1,11 @@
 //! The engine: the one door to what `ares` does. One method per use case — agents, runs, chats,
-//! streams, usage, keys, tenants, checks — for the HTTP layer and the command line alike.
+//! streams, usage, keys, tenants, checks, agent tests — for the HTTP layer and the command
+//! line alike.
 //!
 //! Knows nothing of HTTP: `api` converts its results and errors to the wire. Owns the store,
 //! the agents, the model routes and the clock; nothing else reaches them.
 
+mod agent_tests;
 mod agents;
 mod background;
 mod chat;
@@ -34,6 +36,9 @@ use crate::config::Settings;
 use crate::llm::Models;
 use crate::store::Store;
 
+pub use agent_tests::{
+    CaseResult, CaseRun, TestMode, TestOptions, TestReport, junit_xml, test_agents,
+};
 pub use agents::AgentView;
 pub use background::Background;
 pub use chat::CHAT_TIMEOUT;
@@ -45,7 +50,7 @@ pub use runs::{IdempotencyKey, RunAnswer, RunAsk};
 pub use telemetry::Figures;
 pub use tenants::NewTenant;
 pub use usage::UsageReport;
-pub use validate::{agent_schema, validate_agents};
+pub use validate::{Validation, agent_schema, tests_schema, validate_agents};
 pub use versions::{ChangedAgent, FieldChange, OwnerPlan, Plan, PlannedAgent, file_version};
 pub use webhooks::{EVENTS as WEBHOOK_EVENTS, NewWebhook, RunEncoder, sign as sign_webhook};
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::background::FailureStreak;
 use super::error::Result;
 use super::{Engine, Listing};
-use crate::agents::{Agent, AgentSet, Catalog, GLOBAL_DIR, parse_agent};
+use crate::agents::{Agent, AgentSet, Catalog, GLOBAL_DIR, load_dir, parse_agent};
 use crate::config::Settings;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::store::AgentVersion;
@@ -96,7 +96,7 @@ impl Engine {
     /// What serving the agents of `dir` would change, compared with the set the database
     /// recorded as served last. Fails with every error of the folder when it has any.
     pub async fn plan(&self, dir: &Path) -> anyhow::Result<Plan> {
-        let report = super::validate_agents(dir, Some(&self.settings));
+        let report = load_dir(dir, &Catalog::from_settings(&self.settings));
         if !report.diagnostics.is_empty() {
             anyhow::bail!(
                 "{} has errors:\n{}",

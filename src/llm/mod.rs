@@ -3,6 +3,7 @@
 //! The only module that knows a provider's protocol. The engine speaks in [`ChatRequest`] and
 //! [`ChatResponse`]; each provider translates.
 
+pub mod cassette;
 mod offline;
 pub mod openai;
 #[cfg(test)]
@@ -160,17 +161,25 @@ pub struct Models {
 impl Models {
     /// Builds the providers the settings declare.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Models> {
+        Models::with_providers(settings, |name, p| match p.kind {
+            ProviderKind::Offline => Arc::new(OfflineProvider),
+            ProviderKind::Openai => Arc::new(OpenAiProvider::new(
+                name,
+                p.base_url.as_deref().unwrap_or_default(),
+                p.api_key_env.as_deref(),
+            )),
+        })
+    }
+
+    /// The models of the settings, each provider of the settings made by `make` from its name
+    /// and settings (a replay answers for all of them, and builds none).
+    pub fn with_providers(
+        settings: &Settings,
+        make: impl Fn(&str, &crate::config::ProviderSettings) -> Arc<dyn Provider>,
+    ) -> anyhow::Result<Models> {
         let mut providers: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
         for (name, p) in &settings.providers {
-            let provider: Arc<dyn Provider> = match p.kind {
-                ProviderKind::Offline => Arc::new(OfflineProvider),
-                ProviderKind::Openai => Arc::new(OpenAiProvider::new(
-                    name,
-                    p.base_url.as_deref().unwrap_or_default(),
-                    p.api_key_env.as_deref(),
-                )),
-            };
-            providers.insert(name, provider);
+            providers.insert(name, make(name, p));
         }
         let mut routes = BTreeMap::new();
         for (name, m) in &settings.models {
@@ -224,6 +233,20 @@ impl Models {
             max_tokens: None,
         };
         self.routes.insert(name.to_string(), route);
+    }
+
+    /// The same routes, each provider replaced by what `f` makes of it (recording or replaying
+    /// its exchanges); model ids and defaults stay.
+    pub fn map_providers(self, f: impl Fn(Arc<dyn Provider>) -> Arc<dyn Provider>) -> Models {
+        let routes = self
+            .routes
+            .into_iter()
+            .map(|(name, route)| {
+                let provider = f(route.provider.clone());
+                (name, ModelRoute { provider, ..route })
+            })
+            .collect();
+        Models { routes }
     }
 
     pub fn get(&self, name: &str) -> Option<&ModelRoute> {

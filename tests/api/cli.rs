@@ -94,6 +94,7 @@ fn every_command_has_help() {
         vec!["--help"],
         vec!["validate", "--help"],
         vec!["schema", "--help"],
+        vec!["test", "--help"],
     ] {
         let (code, stdout, _) = ares(&cmd);
         assert_eq!(code, 0, "{cmd:?}");

@@ -1,4 +1,4 @@
-//! Generated contracts match the code: the agent JSON Schema.
+//! Generated contracts match the code: the JSON Schemas of agent and tests files, the specs.
 
 #[test]
 fn agent_schema_is_committed_as_generated() {
@@ -7,6 +7,17 @@ fn agent_schema_is_committed_as_generated() {
     assert!(
         committed == generated,
         "contracts/agent.schema.json differs from the code; regenerate it with:\n    cargo run -- schema --out contracts/agent.schema.json"
+    );
+}
+
+#[test]
+fn agent_tests_schema_is_committed_as_generated() {
+    let generated = ares::cli::schema_text(ares::agents::tests_schema());
+    let committed =
+        std::fs::read_to_string("contracts/agent-tests.schema.json").unwrap_or_default();
+    assert!(
+        committed == generated,
+        "contracts/agent-tests.schema.json differs from the code; regenerate it with:\n    cargo run -- schema --tests --out contracts/agent-tests.schema.json"
     );
 }
 

@@ -1,6 +1,7 @@
 //! The integration-test binary: one link step for every test of the public surface.
 
 mod admin;
+mod agent_tests;
 mod agents_files;
 mod cli;
 mod cluster;
