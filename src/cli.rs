@@ -106,6 +106,9 @@ pub struct OpenapiArgs {
     /// Print JSON instead of YAML.
     #[arg(long)]
     pub json: bool,
+    /// Print the V1 spec's OpenAPI 3.1 edition (openapi/v1-3.1.yaml) instead of 3.0.
+    #[arg(long = "openapi-3.1", conflicts_with = "admin")]
+    pub v31: bool,
     /// Write to this file instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -205,9 +208,10 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             write_out(args.out.as_deref(), &schema_text(schema))
         }
-        Command::Openapi(args) => {
-            write_out(args.out.as_deref(), &openapi_text(args.admin, args.json))
-        }
+        Command::Openapi(args) => write_out(
+            args.out.as_deref(),
+            &openapi_edition_text(args.admin, args.json, args.v31),
+        ),
         Command::Serve(args) => block_on(serve(&cli.global, args)),
         Command::Tenant(cmd) => block_on(tenant(&cli.global, cmd)),
         Command::Check(args) => block_on_code(check(&cli.global, args)),
@@ -414,13 +418,23 @@ async fn test(global: &GlobalArgs, args: TestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The generated spec, as committed in `openapi/`.
+/// The generated spec, as committed in `openapi/`: V1 (OpenAPI 3.0) or the admin API.
 pub fn openapi_text(admin: bool, json: bool) -> String {
-    let mut text = match (admin, json) {
-        (false, false) => crate::api::v1_service().spec_yaml(),
-        (false, true) => crate::api::v1_service().spec(),
-        (true, false) => crate::api::admin_service().spec_yaml(),
-        (true, true) => crate::api::admin_service().spec(),
+    openapi_edition_text(admin, json, false)
+}
+
+/// [`openapi_text`], the V1 spec in its OpenAPI 3.1 edition when `v31`.
+pub fn openapi_edition_text(admin: bool, json: bool, v31: bool) -> String {
+    use crate::api::spec;
+    let doc = match (admin, v31) {
+        (true, _) => spec::admin(),
+        (false, false) => spec::v1(spec::Edition::V30),
+        (false, true) => spec::v1(spec::Edition::V31),
+    };
+    let mut text = if json {
+        spec::json_text(&doc)
+    } else {
+        spec::yaml(&doc)
     };
     if !text.ends_with('\n') {
         text.push('\n');

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{Enum, Object, OpenApi};
 
 use super::auth::ApiKeyAuth;
 use super::error::responses;
@@ -13,7 +13,51 @@ use super::json_object::JsonObject;
 use super::wire::document_example;
 use super::wire::{JsonBody, Timestamp};
 use super::{ApiTags, App, Page, idempotency, prefers_async};
-use crate::engine::{AgentVersion, AgentView, RunAsk, RunRecord, Step, StepKind};
+use crate::engine::{AgentVersion, AgentView, RunAsk, RunRecord, RunStatus, Step, StepKind};
+
+/// Whether an agent takes runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Takes runs.
+    Active,
+    /// Refuses runs with 409 `agent_disabled`.
+    Disabled,
+}
+
+impl From<crate::engine::AgentStatus> for AgentState {
+    fn from(s: crate::engine::AgentStatus) -> Self {
+        match s {
+            crate::engine::AgentStatus::Active => AgentState::Active,
+            crate::engine::AgentStatus::Disabled => AgentState::Disabled,
+        }
+    }
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum RunState {
+    /// In flight (a background run, or one followed before it ends).
+    Running,
+    /// Ended with an output.
+    Completed,
+    /// Ended with an error (still recorded and counted).
+    Failed,
+    /// Stopped by a cancel request.
+    Cancelled,
+}
+
+impl From<RunStatus> for RunState {
+    fn from(s: RunStatus) -> Self {
+        match s {
+            RunStatus::Running => RunState::Running,
+            RunStatus::Completed => RunState::Completed,
+            RunStatus::Failed => RunState::Failed,
+            RunStatus::Cancelled => RunState::Cancelled,
+        }
+    }
+}
 
 /// An agent's configuration as listed.
 #[derive(Debug, Clone, Object)]
@@ -62,7 +106,7 @@ pub struct AgentSummary {
     /// Kind of work, e.g. `classifier`.
     pub agent_type: String,
     /// `active`, or `disabled` (refuses runs).
-    pub status: String,
+    pub status: AgentState,
     pub config: AgentConfigSummary,
     /// The version of the definition served now: a short hash of it, which changes with any
     /// change that matters (always sent by ares; optional for other servers of this API).
@@ -90,7 +134,7 @@ pub struct AgentDetail {
     /// Kind of work, e.g. `classifier`.
     pub agent_type: String,
     /// `active`, or `disabled` (refuses runs).
-    pub status: String,
+    pub status: AgentState,
     /// What the agent is for; null when the file gives no description.
     #[oai(nullable)]
     pub description: Option<String>,
@@ -190,7 +234,7 @@ pub struct RunResponse {
     #[oai(skip_serializing_if_is_none)]
     pub agent_version: Option<String>,
     /// `completed`, `failed` or `cancelled` (`running` while a run is in flight).
-    pub status: String,
+    pub status: RunState,
     /// The input as given.
     pub input: JsonObject,
     /// The agent's output; null when the run failed.
@@ -293,7 +337,7 @@ impl From<RunRecord> for RunResponse {
             agent_id: r.agent_id,
             agent_name: Some(r.agent),
             agent_version: r.agent_version,
-            status: r.status.as_str().to_string(),
+            status: r.status.into(),
             input: object(r.input).unwrap_or_default(),
             output: r.output.and_then(object),
             error: r.error,
@@ -320,7 +364,7 @@ impl From<AgentView> for AgentSummary {
             id: v.id.clone(),
             name: a.name.clone(),
             agent_type: a.spec.agent_type.clone(),
-            status: a.spec.status.as_str().to_string(),
+            status: a.spec.status.into(),
             config: AgentConfigSummary {
                 model: a.spec.model.clone(),
                 tools: a.spec.tools.clone(),
@@ -341,7 +385,7 @@ impl From<AgentView> for AgentDetail {
             id: v.id.clone(),
             name: a.name.clone(),
             agent_type: a.spec.agent_type.clone(),
-            status: a.spec.status.as_str().to_string(),
+            status: a.spec.status.into(),
             description: a.spec.description.clone(),
             config: AgentConfig {
                 model: a.spec.model.clone(),

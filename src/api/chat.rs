@@ -24,6 +24,35 @@ pub enum ChatRole {
     Assistant,
 }
 
+/// Why an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model finished its answer (also any reason a provider gives that is not below).
+    Stop,
+    /// The answer reached its token limit.
+    Length,
+    /// The model asked for tools.
+    ToolCalls,
+    /// The provider filtered the answer.
+    ContentFilter,
+    /// The provider failed mid-stream (streams only; `error` says why).
+    Error,
+}
+
+impl FinishReason {
+    /// The reason a provider (or the engine) gave, as one of the API's.
+    pub fn of(reason: &str) -> FinishReason {
+        match reason {
+            "length" => FinishReason::Length,
+            "tool_calls" | "function_call" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
+            "error" => FinishReason::Error,
+            _ => FinishReason::Stop,
+        }
+    }
+}
+
 /// One message of the conversation.
 #[derive(Debug, Clone, Object, serde::Deserialize, serde::Serialize)]
 pub struct ChatMessage {
@@ -61,8 +90,8 @@ pub struct ChatResponse {
     pub model: String,
     /// Prompt and completion tokens, as the provider reported them.
     pub tokens_used: u64,
-    /// Why the answer ended: `stop`, `length`, ...
-    pub finish_reason: String,
+    /// Why the answer ended.
+    pub finish_reason: FinishReason,
 }
 
 /// One server-sent event of a streamed answer: `data: {"delta": "...", "finish_reason": null}`;
@@ -71,9 +100,9 @@ pub struct ChatResponse {
 pub struct ChatStreamChunk {
     /// The next piece of the answer's text.
     pub delta: String,
-    /// Null until the last event; then `stop`, `length`, or `error` when the provider failed mid-stream.
+    /// Null until the last event; then why the answer ended (`error` when the provider failed mid-stream).
     #[oai(nullable)]
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<FinishReason>,
     /// Tokens used by the whole answer; only on the last event.
     #[oai(skip_serializing_if_is_none)]
     pub tokens_used: Option<u64>,
@@ -86,7 +115,7 @@ impl From<ChatChunk> for ChatStreamChunk {
     fn from(c: ChatChunk) -> Self {
         ChatStreamChunk {
             delta: c.delta,
-            finish_reason: c.finish_reason,
+            finish_reason: c.finish_reason.as_deref().map(FinishReason::of),
             tokens_used: c.tokens_used,
             error: c.error,
         }
@@ -192,7 +221,7 @@ impl ChatApi {
                         content: out.content,
                         model: out.model,
                         tokens_used: out.tokens_used,
-                        finish_reason: out.finish_reason,
+                        finish_reason: FinishReason::of(&out.finish_reason),
                     }),
                     replayed.then(|| "true".to_string()),
                 )

@@ -7,12 +7,14 @@ pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod chat;
+pub mod compat;
 pub mod error;
 pub mod json_object;
 pub mod keys;
 pub mod metrics;
 pub mod request_id;
 pub mod runs;
+pub mod spec;
 pub mod usage;
 pub mod webhooks;
 pub mod wire;
@@ -47,6 +49,17 @@ pub enum ApiTags {
     ApiKeys,
     /// Endpoints that are told when a run ends, with signed, retried deliveries.
     Webhooks,
+}
+
+impl ApiTags {
+    /// The order of the V1 document (Agents, Chat, Usage, API Keys), then what `ares` adds.
+    pub const IN_ORDER: [ApiTags; 5] = [
+        ApiTags::Agents,
+        ApiTags::Chat,
+        ApiTags::Usage,
+        ApiTags::ApiKeys,
+        ApiTags::Webhooks,
+    ];
 }
 
 pub const MAX_PER_PAGE: u32 = 100;
@@ -301,13 +314,34 @@ fn metrics_text(app: Data<&Arc<App>>) -> Response {
         ))
 }
 
-/// The API reference page (ReDoc, served from the binary), without the web fonts it would
-/// fetch from the internet, so that it works offline.
+/// The V1 spec of `edition`, as JSON or YAML, made once.
+fn document(edition: spec::Edition, yaml: bool) -> impl Endpoint + use<> {
+    let doc = spec::v1(edition);
+    let (body, content_type) = if yaml {
+        (spec::yaml(&doc), "application/yaml")
+    } else {
+        (doc.to_string(), "application/json")
+    };
+    poem::endpoint::make_sync(move |_| {
+        Response::builder()
+            .content_type(content_type)
+            .body(body.clone())
+    })
+}
+
+/// The API reference page (ReDoc, served from the binary) of the published V1 spec (tags in
+/// the document's order), without the web fonts it would fetch from the internet, so that it
+/// works offline.
 fn docs_page<T: poem_openapi::OpenApi, W: poem_openapi::Webhook>(
     service: &OpenApiService<T, W>,
 ) -> impl Endpoint + use<T, W> {
     let html: String = service
         .redoc_html()
+        .replacen(
+            &service.spec(),
+            &spec::v1(spec::Edition::V30).to_string(),
+            1,
+        )
         .lines()
         .filter(|l| !l.contains("fonts.googleapis.com"))
         .collect::<Vec<_>>()
@@ -425,8 +459,6 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
 pub fn routes(app: Arc<App>) -> impl Endpoint<Output = Response> {
     let v1 = v1_service();
     let admin = admin_service();
-    let spec_json = v1.spec_endpoint();
-    let spec_yaml = v1.spec_endpoint_yaml();
     let docs = docs_page(&v1);
     let settings = app.engine.settings();
     let max_body = settings.limits.max_body_bytes;
@@ -437,8 +469,10 @@ pub fn routes(app: Arc<App>) -> impl Endpoint<Output = Response> {
             "/v1",
             v1.into_endpoint().catch_all_error(|e| catch(e, false)),
         )
-        .at("/openapi.json", spec_json)
-        .at("/openapi.yaml", spec_yaml)
+        .at("/openapi.json", document(spec::Edition::V30, false))
+        .at("/openapi.yaml", document(spec::Edition::V30, true))
+        .at("/openapi-3.1.json", document(spec::Edition::V31, false))
+        .at("/openapi-3.1.yaml", document(spec::Edition::V31, true))
         .at("/docs", docs)
         .at("/healthz", healthz)
         .at("/readyz", readyz)

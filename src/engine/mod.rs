@@ -54,8 +54,8 @@ pub use validate::{Validation, agent_schema, tests_schema, validate_agents};
 pub use versions::{ChangedAgent, FieldChange, OwnerPlan, Plan, PlannedAgent, file_version};
 pub use webhooks::{EVENTS as WEBHOOK_EVENTS, NewWebhook, RunEncoder, sign as sign_webhook};
 
-/// The folder of the agents every tenant is served.
-pub use crate::agents::GLOBAL_DIR;
+/// The folder of the agents every tenant is served; whether an agent takes runs.
+pub use crate::agents::{AgentStatus, GLOBAL_DIR};
 
 /// The words of a conversation.
 pub use crate::llm::{Message, Role};

@@ -34,4 +34,10 @@ fn openapi_specs_are_committed_as_generated() {
             "{file} differs from the code; regenerate it with:\n    cargo run -- openapi{flag} --out {file}"
         );
     }
+    let generated = ares::cli::openapi_edition_text(false, false, true);
+    let committed = std::fs::read_to_string("openapi/v1-3.1.yaml").unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi/v1-3.1.yaml differs from the code; regenerate it with:\n    cargo run -- openapi --openapi-3.1 --out openapi/v1-3.1.yaml"
+    );
 }

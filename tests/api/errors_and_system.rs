@@ -187,6 +187,24 @@ async fn system_endpoints() {
         .send(app.client.get(format!("{}/openapi.yaml", app.base)))
         .await;
     assert!(yaml.text.contains("/v1/agents/{name}/run"));
+    assert_eq!(yaml.header("content-type"), Some("application/yaml"));
+    // Both editions are what `ares openapi` commits.
+    assert_eq!(
+        spec.text,
+        ares::api::spec::v1(ares::api::spec::Edition::V30).to_string()
+    );
+    let v31 = app
+        .send(app.client.get(format!("{}/openapi-3.1.json", app.base)))
+        .await;
+    assert_eq!(v31.status, 200);
+    assert_eq!(v31.body["openapi"], "3.1.0");
+    let v31_yaml = app
+        .send(app.client.get(format!("{}/openapi-3.1.yaml", app.base)))
+        .await;
+    assert_eq!(
+        v31_yaml.text,
+        std::fs::read_to_string("openapi/v1-3.1.yaml").unwrap()
+    );
     let docs = app.send(app.client.get(format!("{}/docs", app.base))).await;
     assert_eq!(docs.status, 200);
     assert!(docs.text.to_lowercase().contains("<html"));
@@ -194,6 +212,14 @@ async fn system_endpoints() {
         docs.text.contains("ARES V1 Client API"),
         "the page carries the spec"
     );
+    // The reference page lists the tags in the document's order.
+    let at = |tag: &str| {
+        docs.text
+            .find(&format!("{{\"name\":\"{tag}\""))
+            .unwrap_or(usize::MAX)
+    };
+    let order = ["Agents", "Chat", "Usage", "API Keys", "Webhooks"].map(at);
+    assert!(order.is_sorted() && order[4] != usize::MAX, "{order:?}");
     for external in ["<link href=\"http", "<script src=\"http"] {
         assert!(
             !docs.text.contains(external),

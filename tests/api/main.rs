@@ -22,6 +22,7 @@ mod providers;
 mod real_model;
 mod runs;
 mod snapshots;
+mod spec_compat;
 mod statuses;
 mod upstream;
 mod v1_agents;
