@@ -64,6 +64,11 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the version of an agent file: the hash that runs and `GET /v1/agents` carry.
     Version(VersionArgs),
+    /// Check a live deployment's V1 API against the contract (spec, the document's examples,
+    /// pagination, auth, tenant isolation, streaming, usage, declared additive features), over
+    /// HTTP only; exit 0 when every check passes, 1 when one fails, 2 on a usage error or when
+    /// the deployment cannot be reached.
+    Conformance(ConformanceArgs),
     /// Show what serving an agents folder would change, per tenant, against the versions the
     /// database served last; exit 0 when nothing changes, 2 when something does, 1 on error.
     Plan(PlanArgs),
@@ -82,6 +87,52 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    /// The deployment's base URL (without `/v1`), e.g. https://staging.example.com.
+    #[arg(long, value_name = "URL", env = "ARES_CONFORMANCE_BASE_URL")]
+    pub base_url: String,
+    /// An API key of the tenant to check (tenant A). Never printed.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "ARES_CONFORMANCE_KEY",
+        hide_env_values = true
+    )]
+    pub key: String,
+    /// A key of another tenant (B): enables the tenant-isolation checks and the destructive ones.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "ARES_CONFORMANCE_KEY_B",
+        hide_env_values = true
+    )]
+    pub key_b: Option<String>,
+    /// The deployment's admin token; only masked should an answer ever show it.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ARES_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// The agent to run [default: `risk-analyzer` if listed, else the tenant's first agent].
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Also write the results as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Allow creating and revoking keys without --key-b.
+    #[arg(long)]
+    pub destructive: bool,
+    /// Timeout of one request, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +268,71 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => block_on_code(check(&cli.global, args)),
         Command::Version(args) => version(&cli.global, &args),
         Command::Plan(args) => block_on_code(plan(&cli.global, args)),
+        Command::Conformance(args) => conformance(args),
+    }
+}
+
+/// `ares conformance`: 0 when every check passed, 1 when one failed, 2 when the deployment
+/// could not be reached or the report not written. It speaks HTTP only, on a runtime of its own.
+fn conformance(args: ConformanceArgs) -> ExitCode {
+    use crate::conformance::report::redact;
+    let options = crate::conformance::Options {
+        base_url: args.base_url.clone(),
+        key: args.key.clone(),
+        key_b: args.key_b.clone(),
+        admin_token: args.admin_token.clone(),
+        agent: args.agent.clone(),
+        destructive: args.destructive,
+        timeout: std::time::Duration::from_secs(args.timeout.max(1)),
+    };
+    let secrets: Vec<String> = [
+        Some(args.key.clone()),
+        args.key_b.clone(),
+        args.admin_token.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (report, secrets) = match runtime.block_on(crate::conformance::run(&options)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", redact(&e.to_string(), &secrets));
+            return ExitCode::from(2);
+        }
+    };
+    match args.format {
+        Format::Text => print!("{}", redact(&report.text(), &secrets)),
+        Format::Json => println!(
+            "{}",
+            redact(
+                &serde_json::to_string_pretty(&report).expect("a report serializes"),
+                &secrets
+            )
+        ),
+    }
+    if let Some(path) = &args.junit
+        && let Err(e) = std::fs::write(path, redact(&report.junit(), &secrets))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    if args.format == Format::Json {
+        eprintln!("{}", report.summary());
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod diag;
 pub mod engine;
 pub mod llm;

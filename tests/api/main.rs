@@ -6,6 +6,7 @@ mod agents_files;
 mod cli;
 mod cluster;
 mod conformance;
+mod conformance_kit;
 mod contracts;
 mod doc_examples;
 mod docs;
