@@ -383,7 +383,8 @@ mod tests {
 
     #[test]
     fn each_breaking_change_is_named_where_it_is() {
-        let cases: Vec<(Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+        type Change = Box<dyn FnOnce(&mut Value)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|s| {
                     s["paths"].as_object_mut().unwrap().remove("/v1/things");

@@ -17,10 +17,60 @@ pub enum Edition {
 
 /// The V1 spec, as served at `/openapi.json` (3.0) or `/openapi-3.1.json`.
 pub fn v1(edition: Edition) -> Value {
-    let doc = published(&super::v1_service().spec());
+    let mut doc = published(&super::v1_service().spec());
+    let schemas = doc
+        .pointer("/components/schemas")
+        .cloned()
+        .unwrap_or_default();
+    enum_refs(&mut doc, &schemas, edition);
     match edition {
         Edition::V30 => doc,
         Edition::V31 => to_openapi31(doc),
+    }
+}
+
+/// Writes each field whose type is an enum as a plain `$ref` to it, where poem-openapi wraps
+/// the reference in `allOf` to give the field its description: generators read a reference
+/// to an enum as the enum's type, but not an `allOf` of it. 3.0 ignores what sits beside a
+/// `$ref`, so there the field's description goes (the enum has its own); 3.1 keeps it.
+fn enum_refs(v: &mut Value, schemas: &Value, edition: Edition) {
+    match v {
+        Value::Object(map) => {
+            for child in map.values_mut() {
+                enum_refs(child, schemas, edition);
+            }
+            let Some(Value::Array(members)) = map.get("allOf") else {
+                return;
+            };
+            let Some(reference) = members
+                .first()
+                .and_then(|m| m.get("$ref"))
+                .and_then(Value::as_str)
+                .map(String::from)
+            else {
+                return;
+            };
+            let is_enum = reference
+                .strip_prefix("#/components/schemas/")
+                .and_then(|name| schemas.get(name))
+                .is_some_and(|t| t.get("enum").is_some());
+            let annotations_only = members.iter().skip(1).all(|m| {
+                m.as_object()
+                    .is_some_and(|o| o.keys().all(|k| k == "description"))
+            });
+            if !is_enum || !annotations_only {
+                return;
+            }
+            map.remove("allOf");
+            if edition == Edition::V30 {
+                map.clear();
+            }
+            map.insert("$ref".into(), Value::String(reference));
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|i| enum_refs(i, schemas, edition)),
+        _ => {}
     }
 }
 
@@ -224,6 +274,23 @@ mod tests {
             &v31["components"]["schemas"]["ChatStreamChunk"]["properties"]["finish_reason"];
         assert_eq!(finish["type"], json!(["string", "null"]));
         assert_eq!(finish["enum"].as_array().unwrap().len(), 6, "null once");
+    }
+
+    #[test]
+    fn a_field_of_an_enum_type_refers_to_the_enum() {
+        let v30 = v1(Edition::V30);
+        let status = &v30["components"]["schemas"]["RunResponse"]["properties"]["status"];
+        assert_eq!(status, &json!({"$ref": "#/components/schemas/RunState"}));
+        let v31 = v1(Edition::V31);
+        let status = &v31["components"]["schemas"]["RunResponse"]["properties"]["status"];
+        assert_eq!(status["$ref"], "#/components/schemas/RunState");
+        assert!(
+            status["description"].is_string(),
+            "3.1 keeps the field's description"
+        );
+        // A reference to an object keeps its `allOf`.
+        let step = &v30["components"]["schemas"]["RunEventData"]["properties"]["step"];
+        assert!(step.get("allOf").is_some());
     }
 
     #[test]

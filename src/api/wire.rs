@@ -45,8 +45,9 @@ impl<T: ParseFromJSON + DeserializeOwned> ParsePayload for JsonBody<T> {
         if data.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::invalid("body: empty; send a JSON object").into());
         }
-        let value: Value = serde_json::from_slice(&data)
+        let mut value: Value = serde_json::from_slice(&data)
             .map_err(|e| ApiError::invalid(format!("body: not valid JSON: {e}")))?;
+        whole_numbers_as_integers(&mut value);
         if let Err(e) = serde_path_to_error::deserialize::<_, T>(&value) {
             let path = e.path().to_string();
             let path = if path == "." {
@@ -63,6 +64,25 @@ impl<T: ParseFromJSON + DeserializeOwned> ParsePayload for JsonBody<T> {
 }
 
 impl_apirequest_for_payload!(JsonBody<T>, T: ParseFromJSON + DeserializeOwned);
+
+/// Takes a field of the body written as a whole number with a fraction (`30.0`) as that
+/// integer, as JSON Schema counts it (`type: integer` accepts `30.0`). Only the body's own
+/// fields: the objects and arrays they hold (a run's `input`) are the client's data, kept as
+/// sent.
+fn whole_numbers_as_integers(body: &mut Value) {
+    let Some(fields) = body.as_object_mut() else {
+        return;
+    };
+    for v in fields.values_mut() {
+        let Some(f) = v.as_f64().filter(|_| v.is_f64()) else {
+            continue;
+        };
+        if f.fract() == 0.0 && f.abs() < 9.0e15 {
+            // Exact: every whole number below 2^53 is an f64 and an i64.
+            *v = Value::from(f as i64);
+        }
+    }
+}
 
 /// A point in time, written as RFC 3339 in UTC with `Z` (`2026-03-13T14:22:00Z`; fractions of a
 /// second only when there are any).

@@ -158,6 +158,32 @@ async fn last_used_is_recorded() {
     assert!(used.as_str().is_some(), "{used}");
 }
 
+/// JSON Schema counts `30.0` as an integer: a whole number written with a fraction is taken.
+#[tokio::test]
+async fn a_whole_number_written_with_a_fraction_is_an_integer() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    let r = app
+        .create_key(&acme, json!({"name": "x", "expires_in_days": 30.0}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let listed = app.list_keys(&acme).await;
+    let key = listed.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "x")
+        .expect("the key is listed")
+        .clone();
+    let time =
+        |v: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let lifetime = time(&key["expires_at"]) - time(&key["created_at"]);
+    assert!(
+        (lifetime - chrono::Duration::days(30)).num_seconds().abs() <= 60,
+        "{lifetime}"
+    );
+}
+
 #[tokio::test]
 async fn bad_key_requests_name_the_field() {
     let app = TestApp::spawn().await;
@@ -170,6 +196,10 @@ async fn bad_key_requests_name_the_field() {
         ),
         (
             json!({"name": "x", "expires_in_days": "soon"}),
+            "expires_in_days",
+        ),
+        (
+            json!({"name": "x", "expires_in_days": 1.5}),
             "expires_in_days",
         ),
         (json!({}), "name"),
