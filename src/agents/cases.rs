@@ -10,16 +10,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::Catalog;
-use super::load::{GLOBAL_DIR, read_bounded, sorted_entries};
+use super::load::{CASSETTE_SUFFIX, GLOBAL_DIR, read_bounded, sorted_entries, tested_agent};
 use super::registry::{Agent, AgentSet};
 use super::spec::compile_embedded;
 use crate::diag::Diagnostic;
 use crate::yaml::{self, Located, push_pointer};
-
-/// How the name of a tests file ends: `<agent>.tests.yaml`.
-pub const TESTS_SUFFIX: &str = ".tests.yaml";
-/// How the name of a cassette ends: `<agent>.cassette.json`, beside the tests file.
-pub const CASSETTE_SUFFIX: &str = ".cassette.json";
 
 /// The tests of one agent, as written in `<agent>.tests.yaml` beside `<agent>.yaml`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -235,21 +230,6 @@ pub struct TestsReport {
     pub diagnostics: Vec<Diagnostic>,
     /// Tests files read.
     pub read: usize,
-}
-
-/// The agent a file named `file_name` tests, when it is a tests file.
-pub fn tested_agent(file_name: &str) -> Option<&str> {
-    file_name
-        .strip_suffix(TESTS_SUFFIX)
-        .or_else(|| file_name.strip_suffix(".tests.yml"))
-}
-
-/// Whether a file of an agents folder belongs to the tests of an agent (a tests file or a
-/// cassette) rather than being an agent itself.
-pub fn is_test_companion(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| tested_agent(n).is_some() || n.ends_with(CASSETTE_SUFFIX))
 }
 
 /// Whether `pointer` is a JSON pointer (RFC 6901): empty, or `/`-separated tokens in which
@@ -661,7 +641,11 @@ mod tests {
             ("echo.yaml", false),
             ("tests.yaml", false),
         ] {
-            assert_eq!(is_test_companion(Path::new(name)), companion, "{name}");
+            assert_eq!(
+                super::super::load::is_test_companion(Path::new(name)),
+                companion,
+                "{name}"
+            );
         }
     }
 

@@ -13,6 +13,26 @@ use crate::yaml;
 /// The folder of agents offered to every tenant.
 pub const GLOBAL_DIR: &str = "_global";
 
+/// How the name of a tests file ends: `<agent>.tests.yaml`.
+pub const TESTS_SUFFIX: &str = ".tests.yaml";
+/// How the name of a cassette ends: `<agent>.cassette.json`, beside the tests file.
+pub const CASSETTE_SUFFIX: &str = ".cassette.json";
+
+/// The agent a file named `file_name` tests, when it is a tests file.
+pub fn tested_agent(file_name: &str) -> Option<&str> {
+    file_name
+        .strip_suffix(TESTS_SUFFIX)
+        .or_else(|| file_name.strip_suffix(".tests.yml"))
+}
+
+/// Whether a file of an agents folder belongs to the tests of an agent (a tests file or a
+/// cassette) rather than being an agent itself.
+pub fn is_test_companion(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| tested_agent(n).is_some() || n.ends_with(CASSETTE_SUFFIX))
+}
+
 /// Largest agent file read; anything bigger is a mistake, not an agent.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -203,7 +223,7 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> LoadReport {
     } {
         let shown = entry.display().to_string();
         if !entry.is_dir() {
-            if super::cases::is_test_companion(&entry) {
+            if is_test_companion(&entry) {
                 diags.push(Diagnostic::file(
                     shown,
                     "tests files and cassettes belong beside their agent, in its tenant folder or _global/",
@@ -239,7 +259,7 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> LoadReport {
                 continue;
             }
             // Tests files and their cassettes sit beside the agents they test.
-            if !is_yaml(&path) || super::cases::is_test_companion(&path) {
+            if !is_yaml(&path) || is_test_companion(&path) {
                 continue;
             }
             files += 1;

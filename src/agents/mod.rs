@@ -11,11 +11,13 @@ mod version;
 use std::collections::BTreeSet;
 
 pub use cases::{
-    AgentTests, CASSETTE_SUFFIX, Case, Expect, ExpectedStatus, LoadedCase, TESTS_SUFFIX, Target,
-    TestsReport, TestsSpec, ValueCheck, is_json_pointer, is_test_companion, load_tests,
-    parse_tests, tests_schema,
+    AgentTests, Case, Expect, ExpectedStatus, LoadedCase, Target, TestsReport, TestsSpec,
+    ValueCheck, is_json_pointer, load_tests, parse_tests, tests_schema,
 };
-pub use load::{GLOBAL_DIR, LoadReport, is_valid_name, load_dir, parse_agent};
+pub use load::{
+    CASSETTE_SUFFIX, GLOBAL_DIR, LoadReport, TESTS_SUFFIX, is_test_companion, is_valid_name,
+    load_dir, parse_agent,
+};
 pub use registry::{Agent, AgentRegistry, AgentSet, ReloadStatus, ReloadWatcher};
 pub use spec::{AgentSpec, AgentStatus, agent_schema};
 pub use version::{Revisions, canonical_json, version_of};
