@@ -656,18 +656,8 @@ impl Settings {
         if !diags.is_empty() {
             return Err(Diagnostics(diags));
         }
-        let mut settings: Settings = match serde_path_to_error::deserialize(&doc.value) {
-            Ok(s) => s,
-            Err(e) => {
-                let pointer = format!("/{}", e.path().to_string().replace('.', "/"));
-                return Err(Diagnostics(vec![relocate(Diagnostic::field(
-                    &file,
-                    &doc,
-                    &pointer,
-                    e.inner().to_string(),
-                ))]));
-            }
-        };
+        let mut settings: Settings =
+            crate::schema_check::decode(&file, &doc).map_err(|d| Diagnostics(vec![relocate(d)]))?;
         settings.admin_token = env("ARES_ADMIN_TOKEN")
             .filter(|t| !t.is_empty())
             .map(Secret);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod conformance;
 pub mod diag;
 pub mod engine;
+pub mod junit;
 pub mod llm;
 pub mod schema_check;
 pub mod server;

@@ -11,6 +11,15 @@ use serde_json::Value;
 use crate::diag::Diagnostic;
 use crate::yaml::{Located, push_pointer};
 
+/// A located document, already checked against its schema, read as `T`; a failure is located
+/// at the field serde stopped at.
+pub fn decode<T: serde::de::DeserializeOwned>(file: &str, doc: &Located) -> Result<T, Diagnostic> {
+    serde_path_to_error::deserialize(&doc.value).map_err(|e| {
+        let pointer = format!("/{}", e.path().to_string().replace('.', "/"));
+        Diagnostic::field(file, doc, &pointer, e.inner().to_string())
+    })
+}
+
 /// The JSON Schema (2020-12, subschemas inlined) of a Rust type.
 pub fn schema_of<T: schemars::JsonSchema>() -> Value {
     let generator = schemars::generate::SchemaSettings::draft2020_12()

@@ -374,16 +374,10 @@ pub fn parse_tests(
     if diags.len() > before {
         return None;
     }
-    let spec: TestsSpec = match serde_path_to_error::deserialize(&doc.value) {
+    let spec: TestsSpec = match crate::schema_check::decode(file, &doc) {
         Ok(spec) => spec,
-        Err(e) => {
-            let pointer = format!("/{}", e.path().to_string().replace('.', "/"));
-            diags.push(Diagnostic::field(
-                file,
-                &doc,
-                &pointer,
-                e.inner().to_string(),
-            ));
+        Err(d) => {
+            diags.push(d);
             return None;
         }
     };

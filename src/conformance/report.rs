@@ -164,7 +164,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
-                xml(g),
+                crate::junit::escape(g),
                 cases.len(),
                 count(Outcome::Fail),
                 count(Outcome::Skip)
@@ -173,8 +173,8 @@ impl Report {
                 let _ = write!(
                     out,
                     "    <testcase classname=\"conformance.{}\" name=\"{}\" time=\"{:.3}\"",
-                    xml(&c.group),
-                    xml(&c.name),
+                    crate::junit::escape(&c.group),
+                    crate::junit::escape(&c.name),
                     c.duration_ms as f64 / 1000.0
                 );
                 match c.outcome {
@@ -185,7 +185,7 @@ impl Report {
                         let _ = writeln!(
                             out,
                             ">\n      <skipped message=\"{}\"/>\n    </testcase>",
-                            xml(c.reason.as_deref().unwrap_or(""))
+                            crate::junit::escape(c.reason.as_deref().unwrap_or(""))
                         );
                     }
                     Outcome::Fail => {
@@ -214,8 +214,8 @@ impl Report {
                         let _ = writeln!(
                             out,
                             ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
-                            xml(&message),
-                            xml(&body)
+                            crate::junit::escape(&message),
+                            crate::junit::escape(&body)
                         );
                     }
                 }
@@ -275,22 +275,6 @@ fn redact_value(v: Value, secrets: &[String]) -> Value {
         ),
         other => other,
     }
-}
-
-fn xml(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

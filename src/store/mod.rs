@@ -507,10 +507,12 @@ mod tests {
     async fn a_slow_call_does_not_mark_the_database_down() {
         let settings = DatabaseSettings {
             url: "mem://".into(),
-            timeout: crate::config::HumanDuration(Duration::from_millis(100)),
             ..Default::default()
         };
-        let store = Store::connect(&settings).await.unwrap();
+        // Opened (migrations applied) with the default timeout, however loaded the machine;
+        // then calls get 100 ms.
+        let mut store = Store::connect(&settings).await.unwrap();
+        store.timeout = Duration::from_millis(100);
         let slow = store
             .run("SLEEP 400ms; RETURN 1;", serde_json::json!({}))
             .await;

@@ -93,25 +93,6 @@ fn result(c: &CaseResult) -> String {
     s
 }
 
-/// Text safe in XML content and attribute values: markup characters escaped, and characters
-/// XML 1.0 does not allow at all replaced by U+FFFD.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn seconds(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
@@ -150,7 +131,7 @@ pub fn junit_xml(report: &TestReport) -> String {
         let _ = writeln!(
             x,
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"0\" time=\"{}\">",
-            escape(agent),
+            crate::junit::escape(agent),
             cases.iter().map(|c| c.runs.len()).sum::<usize>(),
             cases.iter().map(|c| failed(c)).sum::<usize>(),
             seconds(total_ms(cases))
@@ -165,9 +146,9 @@ pub fn junit_xml(report: &TestReport) -> String {
                 let _ = write!(
                     x,
                     "    <testcase classname=\"{}\" name=\"{}\" file=\"{}\" time=\"{}\"",
-                    escape(&agent.replace('/', ".")),
-                    escape(&name),
-                    escape(&c.file.display().to_string()),
+                    crate::junit::escape(&agent.replace('/', ".")),
+                    crate::junit::escape(&name),
+                    crate::junit::escape(&c.file.display().to_string()),
                     seconds(run.duration_ms)
                 );
                 if run.passed() {
@@ -180,7 +161,7 @@ pub fn junit_xml(report: &TestReport) -> String {
                     let _ = writeln!(
                         x,
                         "      <system-out>{}\n(the case passes: {} of {} runs passed, pass_rate {})</system-out>",
-                        escape(&text.join("\n")),
+                        crate::junit::escape(&text.join("\n")),
                         c.passes(),
                         c.runs.len(),
                         c.pass_rate
@@ -189,8 +170,8 @@ pub fn junit_xml(report: &TestReport) -> String {
                     let _ = writeln!(
                         x,
                         "      <failure message=\"{}\" type=\"expectation\">{}</failure>",
-                        escape(&run.failures[0].message),
-                        escape(&text.join("\n"))
+                        crate::junit::escape(&run.failures[0].message),
+                        crate::junit::escape(&text.join("\n"))
                     );
                 }
                 x.push_str("    </testcase>\n");
@@ -218,14 +199,6 @@ mod tests {
                 .into_iter()
                 .collect(),
         }
-    }
-
-    #[test]
-    fn markup_and_forbidden_characters_are_escaped() {
-        assert_eq!(
-            escape("a<b>&\"c'\u{1}\n"),
-            "a&lt;b&gt;&amp;&quot;c&apos;\u{FFFD}\n"
-        );
     }
 
     #[test]
