@@ -1,5 +1,6 @@
 //! The additive features a deployment may declare in its spec beyond the document: runs by id,
-//! cancel, `Idempotency-Key`, webhooks. Each is checked when declared, else skipped as such.
+//! cancel, `Idempotency-Key`, webhooks, background runs, a run's events, agent versions. Each
+//! is checked when declared, else skipped as such.
 
 use serde_json::json;
 
@@ -237,6 +238,168 @@ pub async fn check(ctx: &mut Ctx) {
             GROUP,
             "webhooks",
             undeclared("POST and DELETE /v1/webhooks"),
+        );
+    }
+
+    if f.background && f.run_by_id {
+        ctx.start(GROUP, "background_run");
+        let body = json!({"input": {"message": "A background run of the conformance kit."}});
+        let path = format!("/v1/agents/{agent}/run");
+        if let Some(r) = ctx
+            .send(
+                "POST",
+                &path,
+                Auth::A,
+                Some(&body),
+                &[("prefer", "respond-async")],
+            )
+            .await
+            && ctx.expect_status(&r, 202)
+        {
+            let id = r.body["id"].as_str().unwrap_or_default().to_string();
+            ctx.expect(
+                "/headers/location",
+                json!(format!("/v1/runs/{id}")),
+                json!(r.header("location")),
+                "a background run is found at its Location",
+            );
+            if let Some(got) = ctx.get(&format!("/v1/runs/{id}"), Auth::A).await
+                && ctx.expect_status(&got, 200)
+            {
+                ctx.expect(
+                    "/id",
+                    json!(id),
+                    got.body["id"].clone(),
+                    "the run at its Location",
+                );
+            }
+        }
+        ctx.finish();
+    } else {
+        ctx.skip(
+            GROUP,
+            "background_run",
+            undeclared("Prefer: respond-async on runAgent with GET /v1/runs/{id}"),
+        );
+    }
+
+    if f.run_events {
+        ctx.start(GROUP, "run_events");
+        if run.is_none() {
+            run = ctx.run_agent(Auth::A, &agent).await;
+        }
+        if let Some(r) = &run {
+            let id = r.body["id"].as_str().unwrap_or_default().to_string();
+            if let Some(e) = ctx.get(&format!("/v1/runs/{id}/events"), Auth::A).await
+                && ctx.expect_status(&e, 200)
+            {
+                run_events(ctx, &e.text, &id, &r.body["status"]);
+            }
+        }
+        ctx.finish();
+    } else {
+        ctx.skip(GROUP, "run_events", undeclared("GET /v1/runs/{id}/events"));
+    }
+
+    if f.versions {
+        ctx.start(GROUP, "agent_versions");
+        let current = match ctx.get(&format!("/v1/agents/{agent}"), Auth::A).await {
+            Some(a) if ctx.expect_status(&a, 200) => a.body["version"].clone(),
+            _ => serde_json::Value::Null,
+        };
+        // A deployment records what it serves in the background: give it a moment.
+        let mut listed = Vec::new();
+        for _ in 0..20 {
+            if let Some(v) = ctx
+                .get(&format!("/v1/agents/{agent}/versions"), Auth::A)
+                .await
+                && ctx.expect_status(&v, 200)
+            {
+                listed = v.body["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x["version"].clone())
+                    .collect();
+            }
+            if current.is_null() || listed.contains(&current) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        ctx.ensure(
+            current.is_null() || listed.contains(&current),
+            "/versions",
+            json!(format!("the version served now, {current}")),
+            json!(listed),
+            "the agent's version is among its versions",
+        );
+        if let Some(r) = ctx
+            .get(&format!("/v1/agents/{}/versions", unknown_id()), Auth::A)
+            .await
+            && ctx.expect_status(&r, 404)
+        {
+            ctx.expect(
+                "/error/code",
+                json!("agent_not_found"),
+                r.body["error"]["code"].clone(),
+                "the versions of an unknown agent",
+            );
+        }
+        ctx.finish();
+    } else {
+        ctx.skip(
+            GROUP,
+            "agent_versions",
+            undeclared("GET /v1/agents/{name}/versions"),
+        );
+    }
+}
+
+/// A finished run's events: each with an `id:`, ids increasing, the last an `event: run`
+/// whose data is the run's final record.
+fn run_events(ctx: &mut Ctx, text: &str, id: &str, status: &serde_json::Value) {
+    let mut events: Vec<(Option<u64>, Option<String>, serde_json::Value)> = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let (mut eid, mut name, mut data) = (None, None, String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                eid = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                name = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        events.push((eid, name, serde_json::from_str(&data).unwrap_or_default()));
+    }
+    let ids: Vec<Option<u64>> = events.iter().map(|e| e.0).collect();
+    ctx.ensure(
+        !ids.is_empty() && ids.iter().all(Option::is_some) && ids.windows(2).all(|w| w[0] < w[1]),
+        "/events",
+        json!("ids that increase"),
+        json!(ids),
+        "every event of a run has an id, and they increase",
+    );
+    let last = events.last();
+    ctx.expect(
+        "/events/-1/event",
+        json!("run"),
+        json!(last.and_then(|e| e.1.clone())),
+        "the last event is the run's final record",
+    );
+    if let Some((_, _, data)) = last {
+        ctx.expect(
+            "/events/-1/data/run/id",
+            json!(id),
+            data["run"]["id"].clone(),
+            "the run's own record",
+        );
+        ctx.expect(
+            "/events/-1/data/run/status",
+            status.clone(),
+            data["run"]["status"].clone(),
+            "the run's final status",
         );
     }
 }

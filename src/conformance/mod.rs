@@ -80,6 +80,10 @@ pub struct Features {
     pub cancel: bool,
     pub idempotency: bool,
     pub webhooks: bool,
+    /// `Prefer: respond-async` on a run (202 and `Location`).
+    pub background: bool,
+    pub run_events: bool,
+    pub versions: bool,
     /// Where the spec was found, if anywhere.
     pub spec_at: Option<String>,
 }
@@ -478,6 +482,10 @@ impl Ctx {
                     idempotency: live.takes_header("runAgent", "Idempotency-Key"),
                     webhooks: live.declares("POST", "/v1/webhooks")
                         && live.declares("DELETE", "/v1/webhooks/{id}"),
+                    background: live.takes_header("runAgent", "Prefer")
+                        && live.answers("runAgent", 202),
+                    run_events: live.declares("GET", "/v1/runs/{id}/events"),
+                    versions: live.declares("GET", "/v1/agents/{name}/versions"),
                     spec_at: Some(path),
                 };
                 // Every operation of the document must be in the deployment's spec.

@@ -143,6 +143,14 @@ impl Spec {
             })
     }
 
+    /// Whether `operation_id` declares the response `status`.
+    pub fn answers(&self, operation_id: &str, status: u16) -> bool {
+        self.operations
+            .iter()
+            .filter(|o| o.operation_id == operation_id)
+            .any(|o| o.op["responses"].get(status.to_string()).is_some())
+    }
+
     fn validator(&self, key: &str, schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
         let mut cache = self.validators.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = cache.get(key) {
