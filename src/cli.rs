@@ -403,7 +403,8 @@ fn version(global: &GlobalArgs, args: &VersionArgs) -> ExitCode {
 async fn plan(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let settings = settings_or_exit(global)?;
     let dir = args.dir.unwrap_or_else(|| settings.agents_dir.clone());
-    let engine = crate::engine::Engine::open_database(settings).await?;
+    // Read-only: planning writes nothing, not even a pending migration.
+    let engine = crate::engine::Engine::open_database_read_only(settings).await?;
     let plan = engine.plan(&dir).await?;
     match args.format {
         Format::Text => print!("{}", plan_text(&plan)),

@@ -148,6 +148,25 @@ impl Engine {
         ))
     }
 
+    /// Only the database, opened for reading (no migration applied): `ares plan`.
+    pub async fn open_database_read_only(settings: Settings) -> anyhow::Result<Engine> {
+        let store = Store::connect_read_only(&settings.database)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the database at {}",
+                    crate::store::redact_url(&settings.database.url)
+                )
+            })?;
+        Ok(Engine::assemble(
+            settings,
+            store,
+            Models::default(),
+            AgentRegistry::fixed(Default::default()),
+            Arc::new(SystemClock),
+        ))
+    }
+
     /// An engine on the given store, model routes and clock, with the agents of the settings'
     /// folder (tests script providers and move the clock).
     pub fn new(

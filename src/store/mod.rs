@@ -148,6 +148,19 @@ impl Store {
     /// `user:pass@`), selects namespace and database, and applies pending migrations.
     #[tracing::instrument(skip(settings), fields(url = %redact_url(&settings.url)))]
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store> {
+        let mut store = Store::open(settings).await?;
+        migrations::apply(&store).await?;
+        store.ledger = Some(ledger::Ledger::start(&store));
+        Ok(store)
+    }
+
+    /// Connects as [`Store::connect`] does, for reading alone: no migration is applied (a
+    /// table a pending migration would define reads as empty) and nothing is written.
+    pub async fn connect_read_only(settings: &DatabaseSettings) -> Result<Store> {
+        Store::open(settings).await
+    }
+
+    async fn open(settings: &DatabaseSettings) -> Result<Store> {
         let (url, from_url) = split_credentials(&settings.url);
         let db = if is_remote(&url) {
             surrealdb::engine::any::connect(url.as_str())
@@ -176,16 +189,13 @@ impl Store {
             .use_db(settings.database.as_str())
             .await
             .map_err(classify)?;
-        let mut store = Store {
+        Ok(Store {
             db,
             instance: uuid::Uuid::now_v7().to_string().into(),
             timeout: settings.timeout.0,
             health: Arc::default(),
             ledger: None,
-        };
-        migrations::apply(&store).await?;
-        store.ledger = Some(ledger::Ledger::start(&store));
-        Ok(store)
+        })
     }
 
     /// Whether the database answers a trivial query now. `false` at once while the store

@@ -77,16 +77,19 @@ impl Store {
         Ok((page, total))
     }
 
-    /// The set served last: each agent with the version served and its definition.
+    /// The set served last: each agent with the version served and its definition. Nothing
+    /// on a database no version of `ares` with versions has served (its table is not defined).
     pub async fn served_agents(&self) -> Result<Vec<AgentVersion>> {
         let out = self
             .run(
-                "RETURN (SELECT owner, name, version, served_at FROM agent_served).map(|$s| { \
-                   LET $v = type::record('agent_version', [$s.owner, $s.name, $s.version]).*; \
-                   RETURN { owner: $s.owner, name: $s.name, version: $s.version, \
-                     config: $v.config ?? {}, source_rev: $v.source_rev ?? NONE, \
-                     first_served_at: $v.first_served_at ?? $s.served_at }; \
-                 });",
+                "RETURN IF (INFO FOR DB).tables.agent_served = NONE { [] } ELSE { \
+                   (SELECT owner, name, version, served_at FROM agent_served).map(|$s| { \
+                     LET $v = type::record('agent_version', [$s.owner, $s.name, $s.version]).*; \
+                     RETURN { owner: $s.owner, name: $s.name, version: $s.version, \
+                       config: $v.config ?? {}, source_rev: $v.source_rev ?? NONE, \
+                       first_served_at: $v.first_served_at ?? $s.served_at }; \
+                   }) \
+                 };",
                 json!({}),
             )
             .await?;

@@ -214,6 +214,22 @@ async fn plan_shows_what_a_folder_would_change() {
             "{llama-3.1-8b: {provider: offline, id: llama-3.1-8b}}".to_string(),
         ),
     ];
+    // Against a database no server has used yet (read as it is, nothing migrated): every
+    // agent is to be added.
+    let fresh = format!("surrealkv://{}", dir.path().join("fresh").display());
+    let (code, out, err) = ares(
+        &["--database", &fresh, "plan", &agents_dir],
+        &[
+            ("ARES_PROVIDERS", "{offline: {kind: offline}}"),
+            (
+                "ARES_MODELS",
+                "{llama-3.1-8b: {provider: offline, id: llama-3.1-8b}}",
+            ),
+        ],
+    );
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("3 to add, 0 to change, 0 to remove"), "{err}");
+
     let mut server = Ares::start("plan", &env).await;
     let key = server.tenant("acme", json!({})).await;
     eventually("the served set is recorded", || async {
