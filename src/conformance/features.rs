@@ -53,18 +53,10 @@ pub async fn check(ctx: &mut Ctx) {
                 );
             }
         }
-        if let Some(r) = ctx
+        let reply = ctx
             .get(&format!("/v1/runs/{}", unknown_id()), Auth::A)
-            .await
-            && ctx.expect_status(&r, 404)
-        {
-            ctx.expect(
-                "/error/code",
-                json!("run_not_found"),
-                r.body["error"]["code"].clone(),
-                "an unknown run",
-            );
-        }
+            .await;
+        ctx.expect_error(reply.as_ref(), 404, "run_not_found", "an unknown run");
         ctx.finish();
     } else {
         ctx.skip(GROUP, "run_by_id", undeclared("GET /v1/runs/{id}"));
@@ -77,18 +69,15 @@ pub async fn check(ctx: &mut Ctx) {
         }
         if let Some(r) = &run {
             let id = r.body["id"].as_str().unwrap_or_default().to_string();
-            if let Some(c) = ctx
+            let reply = ctx
                 .post(&format!("/v1/runs/{id}/cancel"), Auth::A, &json!({}))
-                .await
-                && ctx.expect_status(&c, 409)
-            {
-                ctx.expect(
-                    "/error/code",
-                    json!("run_finished"),
-                    c.body["error"]["code"].clone(),
-                    "cancelling a finished run",
-                );
-            }
+                .await;
+            ctx.expect_error(
+                reply.as_ref(),
+                409,
+                "run_finished",
+                "cancelling a finished run",
+            );
         }
         if let Some(c) = ctx
             .post(
@@ -150,7 +139,7 @@ pub async fn check(ctx: &mut Ctx) {
         }
         let mut other = input.clone();
         other["input"]["message"] = json!("another body under the same key");
-        if let Some(r) = ctx
+        let r = ctx
             .send(
                 "POST",
                 &path,
@@ -158,16 +147,13 @@ pub async fn check(ctx: &mut Ctx) {
                 Some(&other),
                 &[("idempotency-key", &key)],
             )
-            .await
-            && ctx.expect_status(&r, 422)
-        {
-            ctx.expect(
-                "/error/code",
-                json!("idempotency_key_reused"),
-                r.body["error"]["code"].clone(),
-                "the same key with another body",
-            );
-        }
+            .await;
+        ctx.expect_error(
+            r.as_ref(),
+            422,
+            "idempotency_key_reused",
+            "the same key with another body",
+        );
         ctx.finish();
     } else {
         ctx.skip(
@@ -334,18 +320,15 @@ pub async fn check(ctx: &mut Ctx) {
             json!(listed),
             "the agent's version is among its versions",
         );
-        if let Some(r) = ctx
+        let reply = ctx
             .get(&format!("/v1/agents/{}/versions", unknown_id()), Auth::A)
-            .await
-            && ctx.expect_status(&r, 404)
-        {
-            ctx.expect(
-                "/error/code",
-                json!("agent_not_found"),
-                r.body["error"]["code"].clone(),
-                "the versions of an unknown agent",
-            );
-        }
+            .await;
+        ctx.expect_error(
+            reply.as_ref(),
+            404,
+            "agent_not_found",
+            "the versions of an unknown agent",
+        );
         ctx.finish();
     } else {
         ctx.skip(

@@ -245,6 +245,20 @@ impl Ctx {
         ok
     }
 
+    /// Fails unless there is a reply, with `status` and the error body's `code`.
+    pub fn expect_error(&mut self, reply: Option<&Reply>, status: u16, code: &str, what: &str) {
+        if let Some(r) = reply
+            && self.expect_status(r, status)
+        {
+            self.expect(
+                "/error/code",
+                json!(code),
+                r.body["error"]["code"].clone(),
+                what,
+            );
+        }
+    }
+
     /// Fails unless the reply has `status`.
     pub fn expect_status(&mut self, reply: &Reply, status: u16) -> bool {
         if reply.status == status {
