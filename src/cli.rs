@@ -9,6 +9,28 @@ use crate::config::Settings;
 use crate::diag::Diagnostic;
 use crate::engine::{TestMode, TestOptions, agent_schema, tests_schema, validate_agents};
 
+/// Writes to standard output; a reader that went away (`ares openapi | head`) ends the
+/// output, not the command (which then finishes as it would have).
+fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: writing to standard output: {e}");
+    }
+}
+
+/// `print!` through [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`write_stdout`].
+macro_rules! outln {
+    () => { write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ares",
@@ -311,8 +333,8 @@ fn conformance(args: ConformanceArgs) -> ExitCode {
         }
     };
     match args.format {
-        Format::Text => print!("{}", redact(&report.text(), &secrets)),
-        Format::Json => println!(
+        Format::Text => out!("{}", redact(&report.text(), &secrets)),
+        Format::Json => outln!(
             "{}",
             redact(
                 &serde_json::to_string_pretty(&report).expect("a report serializes"),
@@ -355,7 +377,7 @@ async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode>
     match args.format {
         Format::Text => {
             for v in &report.violations {
-                println!("{v}");
+                outln!("{v}");
             }
             eprintln!(
                 "{}: {} runs, {} chats, {} tenant-days, {} periods, {} agents, {} keys checked; {} violations",
@@ -369,7 +391,7 @@ async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode>
                 report.violations.len()
             );
         }
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("a report serializes")
         ),
@@ -386,7 +408,7 @@ fn version(global: &GlobalArgs, args: &VersionArgs) -> ExitCode {
     let settings = global.settings().ok();
     match crate::engine::file_version(&args.file, settings.as_ref()) {
         Ok(v) => {
-            println!("{v}");
+            outln!("{v}");
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -407,8 +429,8 @@ async fn plan(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let engine = crate::engine::Engine::open_database_read_only(settings).await?;
     let plan = engine.plan(&dir).await?;
     match args.format {
-        Format::Text => print!("{}", plan_text(&plan)),
-        Format::Json => println!(
+        Format::Text => out!("{}", plan_text(&plan)),
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&plan).expect("a plan serializes")
         ),
@@ -502,7 +524,7 @@ async fn test(global: &GlobalArgs, args: TestArgs) -> anyhow::Result<ExitCode> {
     let report = crate::engine::test_agents(settings, options).await?;
     if !report.errors.is_empty() {
         for d in &report.errors {
-            println!("{d}");
+            outln!("{d}");
         }
         eprintln!(
             "{}: {} errors in the agent and tests files; no case ran",
@@ -511,19 +533,19 @@ async fn test(global: &GlobalArgs, args: TestArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    print!("{}", report.table());
+    out!("{}", report.table());
     let failures = report.failures();
     if !failures.is_empty() {
-        println!();
+        outln!();
         for f in &failures {
-            println!("{f}");
+            outln!("{f}");
         }
     }
     for c in &report.cassettes {
         eprintln!("recorded {}", c.display());
     }
-    println!();
-    println!("{}", report.summary());
+    outln!();
+    outln!("{}", report.summary());
     if let Some(path) = &args.junit {
         std::fs::write(path, crate::engine::junit_xml(&report))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
@@ -654,23 +676,28 @@ async fn tenant(global: &GlobalArgs, cmd: TenantCommand) -> anyhow::Result<()> {
                 rate_limit: None,
             };
             let (t, key) = engine.provision_tenant(new).await?;
-            println!("tenant:       {}", t.slug);
-            println!("name:         {}", t.name);
-            println!("quota_runs:   {}", t.quota_runs);
-            println!("quota_tokens: {}", t.quota_tokens);
-            println!("key id:       {}", key.key.id);
-            println!("API key secret (shown once, store it now):");
-            println!("{}", key.secret);
+            outln!("tenant:       {}", t.slug);
+            outln!("name:         {}", t.name);
+            outln!("quota_runs:   {}", t.quota_runs);
+            outln!("quota_tokens: {}", t.quota_tokens);
+            outln!("key id:       {}", key.key.id);
+            outln!("API key secret (shown once, store it now):");
+            outln!("{}", key.secret);
         }
         TenantCommand::List => {
-            println!(
+            outln!(
                 "{:<32} {:>12} {:>14}  NAME",
-                "SLUG", "QUOTA_RUNS", "QUOTA_TOKENS"
+                "SLUG",
+                "QUOTA_RUNS",
+                "QUOTA_TOKENS"
             );
             for t in engine.list_tenants().await? {
-                println!(
+                outln!(
                     "{:<32} {:>12} {:>14}  {}",
-                    t.slug, t.quota_runs, t.quota_tokens, t.name
+                    t.slug,
+                    t.quota_runs,
+                    t.quota_tokens,
+                    t.name
                 );
             }
         }
@@ -688,7 +715,7 @@ pub fn schema_text(schema: &serde_json::Value) -> String {
 fn write_out(path: Option<&Path>, text: &str) -> ExitCode {
     match path {
         None => {
-            print!("{text}");
+            out!("{text}");
             ExitCode::SUCCESS
         }
         Some(p) => match std::fs::write(p, text) {
@@ -724,7 +751,7 @@ fn validate(global: &GlobalArgs, args: &ValidateArgs) -> ExitCode {
     match args.format {
         Format::Text => {
             for d in &diagnostics {
-                println!("{d}");
+                outln!("{d}");
             }
             let agents = report.agents;
             if diagnostics.is_empty() {
@@ -753,7 +780,7 @@ fn validate(global: &GlobalArgs, args: &ValidateArgs) -> ExitCode {
                 "cases": report.cases,
                 "errors": diagnostics,
             });
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&out).expect("diagnostics serialize")
             );

@@ -197,3 +197,29 @@ fn openapi_prints_both_specs() {
     let spec: serde_json::Value = serde_json::from_str(&admin).unwrap();
     assert!(spec["paths"]["/admin/v1/tenants"]["post"].is_object());
 }
+
+/// A reader that stops reading (`ares openapi | head -1`) ends the output, not the command:
+/// it exits 0 without a panic.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ares"))
+        .args(["openapi", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ares");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_exact(&mut first)
+        .unwrap();
+    // The reader is gone; the spec (far larger than a pipe's buffer) is still being written.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with(b"{"), "{first:?}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
