@@ -77,7 +77,9 @@ impl Store {
         }
     }
 
-    /// Notes the run a claimed key's request started, and whether in the background.
+    /// Notes the run a claimed key's request started, and whether in the background. This and
+    /// the writes below set fixed values, so a write that loses a race with a repeat's claim
+    /// of the same key runs again.
     pub async fn idempotent_run(
         &self,
         tenant: &str,
@@ -85,7 +87,7 @@ impl Store {
         run_id: &str,
         background: bool,
     ) -> Result<()> {
-        self.run(
+        self.run_retrying(
             "UPDATE type::record('idempotency', [$tenant, $key]) SET run_id = $run, \
              background = $background RETURN NONE;",
             json!({"tenant": tenant, "key": key, "run": run_id, "background": background}),
@@ -102,7 +104,7 @@ impl Store {
         status: u16,
         body: &str,
     ) -> Result<()> {
-        self.run(
+        self.run_retrying(
             "UPDATE type::record('idempotency', [$tenant, $key]) SET status = $status, body = $body \
              RETURN NONE;",
             json!({"tenant": tenant, "key": key, "status": status, "body": body}),
@@ -113,7 +115,7 @@ impl Store {
 
     /// Gives a claimed key up: its request was refused before it did anything.
     pub async fn release_idempotency_key(&self, tenant: &str, key: &str) -> Result<()> {
-        self.run(
+        self.run_retrying(
             "DELETE type::record('idempotency', [$tenant, $key]) WHERE status = NONE;",
             json!({"tenant": tenant, "key": key}),
         )

@@ -194,16 +194,16 @@ impl Store {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        // A lease stays: an attempt in flight is not doubled by a second one.
-        let rows: Vec<Value> = self
-            .rows(
+        // A lease stays: an attempt in flight is not doubled by a second one. The attempt's
+        // own record may write the delivery at the same moment: a lost race runs again.
+        let out = self
+            .run_retrying(
                 "UPDATE type::record('webhook_delivery', $id) SET state = 'pending', \
                  next_attempt_at = <datetime>$now WHERE webhook_id = $hook RETURN VALUE delivery_id",
                 json!({"id": id, "hook": webhook_id, "now": now}),
-                0,
             )
             .await?;
-        Ok(!rows.is_empty())
+        Ok(out.into_iter().next().is_some_and(|rows| !rows.is_empty()))
     }
 
     /// Deliveries due at `now` and not leased, `(delivery id, endpoint id)`: of up to
@@ -315,7 +315,9 @@ impl Store {
                 retry_at: None,
             } => ("failed", *status, Some(error.as_str()), None),
         };
-        self.run(
+        // A retry asked through the API may write the delivery at the same moment: a lost
+        // race runs again (a transaction that lost was not applied, so nothing counts twice).
+        self.run_retrying(
             "UPDATE type::record('webhook_delivery', $id) SET attempts += 1, state = $state, \
              last_status = $status ?? NONE, last_error = $error ?? NONE, \
              next_attempt_at = <datetime>($next ?? next_attempt_at), \
@@ -340,5 +342,54 @@ impl Store {
             .into_iter()
             .next()
             .and_then(|v| v.as_str().and_then(|s| s.parse().ok())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A retry asked through the API and the record of an attempt, at once on one delivery and
+    /// many times: a write that loses the race runs again, none fails, none counts twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_retry_and_an_attempt_at_once_both_succeed() {
+        let store = super::super::testing::store().await;
+        store
+            .run(
+                "CREATE webhook_delivery:d CONTENT { delivery_id: 'd', webhook_id: 'h', \
+                 tenant: 'acme', event_id: 'e', event_type: 'run.completed', run_id: 'r', \
+                 attempts: 0, state: 'pending', next_attempt_at: time::now(), \
+                 created_at: time::now() };",
+                json!({}),
+            )
+            .await
+            .unwrap();
+        let attempt = Attempt::Failed {
+            status: Some(500),
+            error: "refused".into(),
+            retry_at: Some(Utc::now()),
+        };
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (store, attempt) = (store.clone(), attempt.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    if i % 2 == 0 {
+                        store.retry_delivery("h", "d", Utc::now()).await?;
+                    } else {
+                        store.record_attempt("d", &attempt).await?;
+                    }
+                }
+                Ok::<(), StoreError>(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let rows: Vec<Value> = store
+            .rows("SELECT attempts FROM webhook_delivery:d", json!({}), 0)
+            .await
+            .unwrap();
+        assert_eq!(rows[0]["attempts"], json!(100));
     }
 }
