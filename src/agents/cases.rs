@@ -10,11 +10,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::Catalog;
-use super::load::{CASSETTE_SUFFIX, GLOBAL_DIR, read_bounded, sorted_entries, tested_agent};
+use super::load::{
+    CASSETTE_SUFFIX, GLOBAL_DIR, parse_located, read_bounded, sorted_entries, tested_agent,
+};
 use super::registry::{Agent, AgentSet};
 use super::spec::compile_embedded;
 use crate::diag::Diagnostic;
-use crate::yaml::{self, Located, push_pointer};
+use crate::yaml::{Located, push_pointer};
 
 /// The tests of one agent, as written in `<agent>.tests.yaml` beside `<agent>.yaml`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -65,7 +67,7 @@ pub struct Expect {
     pub status: Option<ExpectedStatus>,
     /// A JSON Schema the output must satisfy [default: the agent's own `output_schema`, when it has one].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "embedded_schema")]
+    #[schemars(schema_with = "super::spec::object_schema")]
     pub output_schema: Option<Value>,
     /// Checks of values in the output, each at a JSON pointer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -150,13 +152,6 @@ pub struct ValueCheck {
 /// A field that is present is `Some`, even when its value is `null`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
-}
-
-fn embedded_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "description": "An embedded JSON Schema (2020-12 unless it says otherwise in `$schema`)."
-    })
 }
 
 /// The JSON Schema of a tests file, as committed in `contracts/agent-tests.schema.json`.
@@ -352,17 +347,7 @@ pub fn parse_tests(
             ),
         ));
     }
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        diags.push(Diagnostic::file(file, "not UTF-8 text"));
-        return None;
-    };
-    let doc = match yaml::parse(text) {
-        Ok(doc) => doc,
-        Err(e) => {
-            diags.push(Diagnostic::yaml(file, e));
-            return None;
-        }
-    };
+    let doc = parse_located(file, bytes, diags)?;
     let mut found = crate::schema_check::check(file, &doc, tests_schema(), tests_validator());
     let agent_def = match target {
         Target::Agent(a) => Some(a),

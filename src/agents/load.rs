@@ -161,17 +161,7 @@ pub fn parse_agent(
             format!("invalid agent name `{name}` (the file name): {NAME_RULE}"),
         ));
     }
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        diags.push(Diagnostic::file(file, "not UTF-8 text"));
-        return None;
-    };
-    let doc = match yaml::parse(text) {
-        Ok(doc) => doc,
-        Err(e) => {
-            diags.push(Diagnostic::yaml(file, e));
-            return None;
-        }
-    };
+    let doc = parse_located(file, bytes, diags)?;
     let mut found = crate::schema_check::check(file, &doc, agent_schema(), agent_validator());
     let compiled = check(file, &doc, catalog, &mut found);
     found.sort();
@@ -287,6 +277,25 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> LoadReport {
         agents: AgentSet::new(tenants, global),
         diagnostics: diags,
         files,
+    }
+}
+
+/// A file's bytes as a located YAML document, or its error (not UTF-8, not YAML) in `diags`.
+pub(super) fn parse_located(
+    file: &str,
+    bytes: &[u8],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<yaml::Located> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        diags.push(Diagnostic::file(file, "not UTF-8 text"));
+        return None;
+    };
+    match yaml::parse(text) {
+        Ok(doc) => Some(doc),
+        Err(e) => {
+            diags.push(Diagnostic::yaml(file, e));
+            None
+        }
     }
 }
 

@@ -89,7 +89,8 @@ fn default_timeout_ms() -> u64 {
     60_000
 }
 
-fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+/// The schema of a field holding an embedded JSON Schema (agent files and tests files).
+pub(super) fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "description": "An embedded JSON Schema (2020-12 unless it says otherwise in `$schema`)."
