@@ -267,7 +267,7 @@ async fn readyz(app: Data<&Arc<App>>) -> Response {
 }
 
 /// The instance's reliability figures, for `/metrics`.
-fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 5] {
+fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 7] {
     [
         (
             "ares_webhook_oldest_pending_seconds",
@@ -298,6 +298,18 @@ fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 5] {
             "counter",
             "Runs and chats deleted by retention.",
             figures.purged,
+        ),
+        (
+            "ares_keys_verified_in_memory_total",
+            "counter",
+            "Requests whose API key was verified in memory (kept in step through the database's change feed).",
+            figures.keys_in_memory,
+        ),
+        (
+            "ares_keys_read_from_database_total",
+            "counter",
+            "Requests whose API key was read from the database: not yet held, or memory not in step with the change feed.",
+            figures.keys_from_database,
         ),
     ]
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::Engine;
+use super::{Engine, keyring};
 
 /// How often counted API calls and key use are written.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -64,6 +64,7 @@ impl Engine {
             tokio::spawn(expire_idempotency_keys(Arc::clone(self))),
             tokio::spawn(Arc::clone(self).send_webhooks()),
             tokio::spawn(Arc::clone(self).track_served()),
+            tokio::spawn(Arc::clone(self).sync_keys()),
         ];
         Ok(Background {
             stop_flusher,
@@ -105,6 +106,40 @@ impl Background {
         self.keeper.abort();
         if let Err(e) = engine.store.retire().await {
             tracing::warn!(error = %e, "removing this instance's record failed; its lease will run out");
+        }
+    }
+}
+
+impl Engine {
+    /// Keeps the keys verified in memory in step with the database: reads its change feed
+    /// every [`keyring::SYNC_EVERY`] and forgets what changed. While reads fail, memory is
+    /// not trusted and each request reads the database.
+    pub(super) async fn sync_keys(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(keyring::SYNC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let began = tokio::time::Instant::now();
+            match self
+                .store
+                .key_changes(self.keyring.since(), keyring::FEED_LIMIT)
+                .await
+            {
+                Ok(changes) => {
+                    self.keyring.apply(&changes, began);
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(
+                            "the key change feed is read again; keys are verified in memory"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "reading the key change feed failed; every request reads its key from the database until it is read again");
+                    }
+                }
+            }
         }
     }
 }

@@ -214,6 +214,9 @@ impl Engine {
     /// Records a chat's usage; while the database is away, in the background (the chat
     /// happened and its tokens are the tenant's).
     async fn save_chat(&self, record: ChatRecord, period: Period) -> Result<(), StoreError> {
+        let spent = record.tokens_used;
+        self.keyring
+            .spent(&record.tenant, period.start.date_naive(), spent);
         match self.store.record_chat(&record, &period).await {
             Err(StoreError::Unavailable(e)) => {
                 tracing::warn!(chat = %record.id, error = %e, "the database is unavailable; the chat's usage will be stored when it returns");

@@ -1,6 +1,8 @@
 //! API keys: authenticating a request's secret (with the key's rate limit and the call counted
 //! in usage), and listing, creating and revoking a tenant's keys.
 
+use std::sync::atomic::Ordering;
+
 use super::Engine;
 use super::error::{EngineError, Result};
 use crate::store::{ApiKey, KeyCreation, NewKey, Tenant};
@@ -14,7 +16,8 @@ pub struct Caller {
 
 impl Engine {
     /// The tenant and key a secret authenticates, when the key is live and within its rate
-    /// limit; the request is counted in the tenant's usage.
+    /// limit; the request is counted in the tenant's usage. Keys are verified in memory while
+    /// it is in step with the database (`keyring`), else read from the database.
     pub async fn authenticate(&self, secret: &str) -> Result<Caller> {
         let secret = secret.trim();
         if !secret.starts_with(crate::store::keys_prefix()) {
@@ -22,11 +25,26 @@ impl Engine {
         }
         let now = self.clock.now();
         let period_start = self.period_at(now).start.date_naive();
-        let (auth, tenant) = self
-            .store
-            .authenticate(secret, period_start, now)
-            .await?
-            .ok_or(EngineError::Unauthorized)?;
+        let hash = crate::store::hash_secret(secret);
+        let ops = &self.telemetry.ops;
+        let (auth, tenant) = match self.keyring.lookup(&hash, period_start, now) {
+            Some(held) => {
+                ops.keys_in_memory.fetch_add(1, Ordering::Relaxed);
+                held
+            }
+            None => {
+                ops.keys_from_database.fetch_add(1, Ordering::Relaxed);
+                let epoch = self.keyring.epoch();
+                let found = self
+                    .store
+                    .authenticate_hash(&hash, period_start, now)
+                    .await?
+                    .ok_or(EngineError::Unauthorized)?;
+                self.keyring
+                    .remember(&hash, &found.0, &found.1, period_start, epoch);
+                found
+            }
+        };
         let per_minute = tenant
             .rate_limit
             .unwrap_or(self.settings.quotas.requests_per_minute);
@@ -86,6 +104,8 @@ impl Engine {
     #[tracing::instrument(skip(self, tenant), fields(tenant = %tenant.slug))]
     pub async fn revoke_key(&self, tenant: &Tenant, id: &str) -> Result<()> {
         if self.store.revoke_key(&tenant.slug, id).await? {
+            // Here at once; other instances through the change feed.
+            self.keyring.forget_key(id);
             Ok(())
         } else {
             Err(EngineError::KeyNotFound(id.to_string()))

@@ -12,6 +12,7 @@ mod chat;
 mod clock;
 mod durable;
 mod error;
+mod keyring;
 mod keys;
 mod lifecycle;
 mod meter;
@@ -121,6 +122,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     meter: meter::Meter,
     limiter: rate_limit::RateLimiter,
+    /// Keys verified in memory, in step through the database's change feed.
+    keyring: keyring::KeyRing,
     telemetry: Arc<telemetry::Telemetry>,
     in_flight: lifecycle::InFlight,
     webhooks: webhooks::Sender,
@@ -203,6 +206,7 @@ impl Engine {
             clock,
             meter: Default::default(),
             limiter: Default::default(),
+            keyring: Default::default(),
             telemetry: Default::default(),
             in_flight: Default::default(),
             webhooks: Default::default(),

@@ -47,6 +47,10 @@ pub(crate) struct Ops {
     pub(crate) interrupted_runs: AtomicU64,
     /// Runs and chats deleted by retention.
     pub(crate) purged: AtomicU64,
+    /// Requests whose key was verified in memory, and those whose key was read from the
+    /// database (not held, or memory not in step).
+    pub(crate) keys_in_memory: AtomicU64,
+    pub(crate) keys_from_database: AtomicU64,
 }
 
 /// Webhook attempts by outcome, and the age of the oldest delivery still pending.
@@ -87,6 +91,8 @@ pub struct Figures {
     pub pending_records: u64,
     pub interrupted_runs: u64,
     pub purged: u64,
+    pub keys_in_memory: u64,
+    pub keys_from_database: u64,
     /// Webhook attempts by outcome: `delivered`, `retried` (failed, to be sent again),
     /// `failed` (failed for good).
     pub webhook_attempts: [(&'static str, u64); 3],
@@ -110,6 +116,8 @@ impl Telemetry {
             pending_records: load(&self.ops.pending_records),
             interrupted_runs: load(&self.ops.interrupted_runs),
             purged: load(&self.ops.purged),
+            keys_in_memory: load(&self.ops.keys_in_memory),
+            keys_from_database: load(&self.ops.keys_from_database),
             webhook_attempts: [
                 ("delivered", load(&self.webhooks.delivered)),
                 ("retried", load(&self.webhooks.retried)),

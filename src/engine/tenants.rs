@@ -55,9 +55,13 @@ impl Engine {
     /// Applies `patch` to tenant `slug`; new quotas apply to the next request.
     #[tracing::instrument(skip(self, patch))]
     pub async fn update_tenant(&self, slug: &str, patch: &TenantPatch) -> Result<Tenant> {
-        self.store
+        let updated = self
+            .store
             .update_tenant(slug, patch)
             .await?
-            .ok_or_else(|| EngineError::TenantNotFound(slug.to_string()))
+            .ok_or_else(|| EngineError::TenantNotFound(slug.to_string()))?;
+        // Here at once; other instances through the change feed.
+        self.keyring.forget_tenant(slug);
+        Ok(updated)
     }
 }

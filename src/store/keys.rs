@@ -76,6 +76,71 @@ pub struct NewKey {
 pub struct KeyAuth {
     pub key_id: String,
     pub tenant: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The change feed's position at `at` by the database's clock. SurrealDB stamps a commit with
+/// its hybrid logical clock: milliseconds since the epoch shifted left 16 bits, a counter in
+/// the low bits (`SINCE` a date-time reads nothing in SurrealDB 3.3, so the stamp is computed).
+/// A backend whose stamps carry the milliseconds higher up only makes reads start earlier.
+fn versionstamp_at(at: DateTime<Utc>) -> u64 {
+    u64::try_from(at.timestamp_millis()).unwrap_or(0) << 16
+}
+
+/// Changes read from the database's change feed ([`Store::key_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChanges {
+    /// The database's time when they were read.
+    pub at: DateTime<Utc>,
+    pub sets: Vec<ChangeSet>,
+    /// The read stopped at its limit: more changes may follow.
+    pub truncated: bool,
+}
+
+/// The changes one transaction made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// The change feed's stamp of the transaction: the same transaction read twice has the same.
+    pub versionstamp: u64,
+    /// Keys whose credential changed (created or revoked).
+    pub keys: Vec<String>,
+    /// Tenants whose row changed.
+    pub tenants: Vec<String>,
+    /// A change that names neither (a record deleted): whatever was read from these tables may
+    /// be stale.
+    pub unknown: bool,
+}
+
+impl ChangeSet {
+    /// A change set as `SHOW CHANGES` answers it: `{versionstamp, changes: [{update: record} |
+    /// {delete: {id}} | {define_table: ...}]}`.
+    fn read(set: &serde_json::Value) -> ChangeSet {
+        let mut out = ChangeSet {
+            versionstamp: set["versionstamp"].as_u64().unwrap_or_default(),
+            ..ChangeSet::default()
+        };
+        for change in set["changes"].as_array().into_iter().flatten() {
+            let (record, deleted) = match (change.get("update"), change.get("delete")) {
+                (Some(r), _) => (r, false),
+                (None, Some(r)) => (r, true),
+                _ => continue,
+            };
+            let table = record["id"].as_str().and_then(|id| id.split(':').next());
+            match (table, deleted) {
+                (Some("credential"), false) => match record["key_id"].as_str() {
+                    Some(id) => out.keys.push(id.to_string()),
+                    None => out.unknown = true,
+                },
+                (Some("tenant"), false) => match record["slug"].as_str() {
+                    Some(slug) => out.tenants.push(slug.to_string()),
+                    None => out.unknown = true,
+                },
+                (Some("credential" | "tenant") | None, _) => out.unknown = true,
+                (Some(_), _) => {}
+            }
+        }
+        out
+    }
 }
 
 pub(super) const FIELDS: &str =
@@ -154,10 +219,21 @@ impl Store {
         period_start: chrono::NaiveDate,
         now: DateTime<Utc>,
     ) -> Result<Option<(KeyAuth, super::Tenant)>> {
+        self.authenticate_hash(&hash_secret(secret), period_start, now)
+            .await
+    }
+
+    /// [`Store::authenticate`] of the secret whose hash ([`hash_secret`]) is `hash`.
+    pub async fn authenticate_hash(
+        &self,
+        hash: &str,
+        period_start: chrono::NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(KeyAuth, super::Tenant)>> {
         let sql = "RETURN type::record('api_key', type::record('credential', $hash).key_id).{key_id, revoked_at, expires_at, \
                    tenant: type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, rate_limit, created_at}, \
                    period_tokens: type::record('usage_period', string::concat(tenant, '|', $start)).tokens}";
-        let vars = json!({"hash": hash_secret(secret), "start": period_start.to_string()});
+        let vars = json!({"hash": hash, "start": period_start.to_string()});
         let rows: Vec<serde_json::Value> = self.rows(sql, vars, 0).await?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None);
@@ -168,9 +244,10 @@ impl Store {
         if !row["revoked_at"].is_null() {
             return Ok(None);
         }
+        let mut expires_at = None;
         if let Some(expires) = row["expires_at"].as_str() {
             match DateTime::parse_from_rfc3339(expires) {
-                Ok(at) if at > now => {}
+                Ok(at) if at > now => expires_at = Some(at.to_utc()),
                 _ => return Ok(None),
             }
         }
@@ -183,6 +260,7 @@ impl Store {
             KeyAuth {
                 key_id,
                 tenant: tenant.slug.clone(),
+                expires_at,
             },
             tenant,
         )))
@@ -197,15 +275,57 @@ impl Store {
         self.rows(&sql, json!({"tenant": tenant}), 0).await
     }
 
-    /// Revokes the tenant's key `id`; false when the tenant has no such live key.
+    /// Revokes the tenant's key `id`; false when the tenant has no such live key. The key's
+    /// credential is marked in the same transaction: its change feed tells every instance.
     #[tracing::instrument(skip(self))]
     pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<bool> {
-        let sql = "UPDATE type::record('api_key', $id) SET revoked_at = time::now() \
-                   WHERE tenant = $tenant AND revoked_at = NONE RETURN key_id";
-        let rows: Vec<serde_json::Value> = self
-            .rows(sql, json!({"id": id, "tenant": tenant}), 0)
+        let sql = "BEGIN; \
+                   LET $at = time::now(); \
+                   LET $hash = (UPDATE type::record('api_key', $id) SET revoked_at = $at \
+                     WHERE tenant = $tenant AND revoked_at = NONE RETURN VALUE hash)[0]; \
+                   IF $hash != NONE { UPDATE type::record('credential', $hash) SET revoked_at = $at RETURN NONE; }; \
+                   RETURN $hash != NONE; \
+                   COMMIT;";
+        let out = self
+            .run_retrying(sql, json!({"id": id, "tenant": tenant}))
             .await?;
-        Ok(!rows.is_empty())
+        Ok(super::records::last_bool(&out))
+    }
+
+    /// What changed since `since` (by the database's clock) in the tables that keys verified in
+    /// memory depend on: keys revoked (their credentials) and tenants changed, from the
+    /// database's change feed, with the database's time of the read. At most `limit` changes
+    /// are read; `truncated` says when more may follow.
+    pub async fn key_changes(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<KeyChanges> {
+        // `SHOW CHANGES` takes its start as a literal, not a variable: a number this process
+        // computes, never input.
+        let sql = match since {
+            Some(at) => format!(
+                "RETURN time::now(); SHOW CHANGES FOR DATABASE SINCE {} LIMIT {limit};",
+                versionstamp_at(at)
+            ),
+            None => "RETURN time::now();".to_string(),
+        };
+        let mut out = self.run(&sql, json!({})).await?.into_iter();
+        let at = out
+            .next()
+            .and_then(|rows| rows.into_iter().next())
+            .and_then(|v| serde_json::from_value::<DateTime<Utc>>(v).ok())
+            .ok_or_else(|| {
+                StoreError::Internal(anyhow::anyhow!("the database did not tell its time"))
+            })?;
+        let sets: Vec<serde_json::Value> = out.next().unwrap_or_default();
+        let truncated = sets.len() >= limit as usize;
+        let sets = sets.iter().map(ChangeSet::read).collect();
+        Ok(KeyChanges {
+            at,
+            sets,
+            truncated,
+        })
     }
 
     /// Records when keys were last used (a batch, written by the usage flusher).
@@ -249,6 +369,53 @@ mod tests {
             hash_secret("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[tokio::test]
+    async fn the_change_feed_names_revoked_keys_and_changed_tenants() {
+        let store = store().await;
+        let (_, key) = store
+            .create_tenant("acme", "Acme", 10, 100, None, "first")
+            .await
+            .unwrap()
+            .unwrap();
+        let start = store.key_changes(None, 100).await.unwrap();
+        assert!(start.sets.is_empty());
+        let since = Some(start.at - chrono::TimeDelta::seconds(1));
+        assert!(store.revoke_key("acme", &key.key.id).await.unwrap());
+        let changes = store.key_changes(since, 100).await.unwrap();
+        assert!(changes.at >= start.at);
+        assert!(!changes.truncated);
+        // The revocation, last (the tenant's creation with its key came before), stamped by
+        // the clock `at` is read by: the feed's position is computed from it.
+        let revocation = changes.sets.last().expect("the revocation");
+        assert_eq!(revocation.keys, [key.key.id.clone()], "{changes:?}");
+        assert!(
+            revocation.versionstamp >= versionstamp_at(start.at)
+                && revocation.versionstamp <= versionstamp_at(changes.at) + 0xFFFF,
+            "{changes:?}"
+        );
+        store
+            .update_tenant(
+                "acme",
+                &super::super::TenantPatch {
+                    quota_runs: Some(3),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let again = store.key_changes(since, 100).await.unwrap();
+        assert_eq!(again.sets.last().unwrap().tenants, ["acme"], "{again:?}");
+        // Each transaction is one set, with its own stamp, read again the same.
+        assert_eq!(again.sets[..changes.sets.len()], changes.sets[..]);
+        assert!(again.sets.iter().all(|s| !s.unknown), "{again:?}");
+        // A read from after them finds none (positions are to the millisecond).
+        let after = again.at + chrono::TimeDelta::milliseconds(1);
+        let later = store.key_changes(Some(after), 100).await.unwrap();
+        assert_eq!(later.sets, []);
+        // A read that reaches its limit says so.
+        assert!(store.key_changes(since, 1).await.unwrap().truncated);
     }
 
     #[tokio::test]

@@ -223,6 +223,20 @@ DEFINE FIELD IF NOT EXISTS version ON agent_served TYPE string;
 DEFINE FIELD IF NOT EXISTS served_at ON agent_served TYPE datetime;
 "#,
     ),
+    (
+        8,
+        r#"
+-- Keys verified in memory are kept in step across instances through the change feed of these
+-- two tables: a key's credential is marked when the key is revoked, and a tenant's row changes
+-- with its settings. An hour of changes is kept; instances read them every few milliseconds.
+ALTER TABLE credential CHANGEFEED 1h;
+ALTER TABLE tenant CHANGEFEED 1h;
+DEFINE FIELD IF NOT EXISTS revoked_at ON credential TYPE option<datetime>;
+FOR $k IN (SELECT hash, revoked_at FROM api_key WHERE revoked_at != NONE) {
+    UPDATE type::record('credential', $k.hash) SET revoked_at = $k.revoked_at;
+};
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.

@@ -37,7 +37,10 @@ pub use check::{CheckReport, Violation};
 pub use close::{CloseNotice, begin_close, wait_closed};
 pub use idempotency::Claim;
 pub use instances::{INTERRUPTED, OVERDUE, Reaped};
-pub use keys::{ApiKey, KeyAuth, KeyCreation, NewKey, generate_secret, hash_secret, key_prefix};
+pub use keys::{
+    ApiKey, ChangeSet, KeyAuth, KeyChanges, KeyCreation, NewKey, generate_secret, hash_secret,
+    key_prefix,
+};
 pub use lifecycle::CancelRequest;
 pub use records::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus, Step, StepKind};
 pub use retention::Purged;
