@@ -311,7 +311,10 @@ impl Engine {
             () = cancel.cancelled() => Outcome::cancelled(progress.tokens()),
         };
         drop(progress);
-        let steps = writer.await.unwrap_or_default();
+        let (steps, written) = writer.await.unwrap_or_default();
+        let unwritten: Vec<(u64, Step)> = (written + 1..)
+            .zip(steps[written as usize..].iter().cloned())
+            .collect();
         let outcome = outcome.bounded(self.settings.limits.max_run_output_bytes);
         run.status = match (&outcome.error, outcome.cancelled) {
             (_, true) => RunStatus::Cancelled,
@@ -329,7 +332,9 @@ impl Engine {
         if let Some(e) = &run.error {
             tracing::warn!(agent = %agent.name, run = %run.id, error = %e, "run failed");
         }
-        match self.store.finish_run(&reservation, &run).await {
+        let period = self.period_at(run.started_at).start.date_naive();
+        self.keyring.spent(&run.tenant, period, run.tokens_used);
+        match self.store.finish_run(&reservation, &run, &unwritten).await {
             // Its events, if the tenant has endpoints, go out at once.
             Ok(true) => self.webhooks.wake.notify_one(),
             Ok(false) => {
@@ -341,9 +346,18 @@ impl Engine {
                 tracing::warn!(run = %run.id, error = %e, "the database is unavailable; the run's record will be stored when it returns");
                 let (store, run) = (self.store.clone(), run.clone());
                 self.store_later(format!("run {}", run.id), move || {
-                    let (store, reservation, run) =
-                        (store.clone(), reservation.clone(), run.clone());
-                    Box::pin(async move { store.finish_run(&reservation, &run).await.map(|_| ()) })
+                    let (store, reservation, run, unwritten) = (
+                        store.clone(),
+                        reservation.clone(),
+                        run.clone(),
+                        unwritten.clone(),
+                    );
+                    Box::pin(async move {
+                        store
+                            .finish_run(&reservation, &run, &unwritten)
+                            .await
+                            .map(|_| ())
+                    })
                 });
             }
             Err(e) => return Err(e.into()),
@@ -503,19 +517,37 @@ pub struct RunAnswer {
     pub background: bool,
 }
 
-/// Writes a run's steps to the store as they come, numbered from 1, and returns them all.
+/// How long a run's new step waits before it is written on its own: a run that ends meanwhile
+/// writes it with its settlement instead, one commit fewer.
+const STEP_GRACE: Duration = Duration::from_millis(5);
+
+/// Writes a run's steps to the store as they come, numbered from 1, each after
+/// [`STEP_GRACE`] (with whatever came meanwhile); returns them all and how many were written.
+/// Those that came within the grace before the run ended are left to its settlement.
 async fn write_steps(
     store: crate::store::Store,
     run_id: String,
     mut steps: tokio::sync::mpsc::UnboundedReceiver<Step>,
-) -> Vec<Step> {
+) -> (Vec<Step>, u64) {
     let mut all = Vec::new();
+    let mut written = 0;
     while let Some(step) = steps.recv().await {
-        let n = all.len() as u64 + 1;
-        if let Err(e) = store.append_step(&run_id, n, &step).await {
-            tracing::warn!(run = %run_id, step = n, error = %e, "a step of the run could not be stored");
-        }
         all.push(step);
+        let grace = Instant::now() + STEP_GRACE;
+        loop {
+            match tokio::time::timeout_at(grace, steps.recv()).await {
+                Ok(Some(step)) => all.push(step),
+                // The run ended: its settlement writes the rest.
+                Ok(None) => return (all, written),
+                Err(_) => break,
+            }
+        }
+        for step in &all[written as usize..] {
+            written += 1;
+            if let Err(e) = store.append_step(&run_id, written, step).await {
+                tracing::warn!(run = %run_id, step = written, error = %e, "a step of the run could not be stored");
+            }
+        }
     }
-    all
+    (all, written)
 }

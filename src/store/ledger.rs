@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::instances::RunningRun;
-use super::records::{ChatRecord, Reservation, RunRecord, RunStatus, last_bool, reservation};
+use super::records::{ChatRecord, Reservation, RunRecord, RunStatus, Step, last_bool, reservation};
 use super::usage::Period;
 use super::{Result, Store, StoreError};
 
@@ -41,10 +41,12 @@ pub(super) enum Op {
         quota_tokens: u64,
         run: RunRecord,
     },
-    /// Store a `running` run's final state and settle its reservation and counters.
+    /// Store a `running` run's final state and settle its reservation and counters, with the
+    /// steps it had not written yet (`{n, step}`).
     Settle {
         reservation: Reservation,
         run: RunRecord,
+        steps: Vec<Value>,
     },
 }
 
@@ -187,6 +189,9 @@ impl StoreError {
         }
     }
 }
+
+/// The statement that writes a settling run's steps not yet written (`$steps`, `{n, step}`).
+const STEPS: &str = "FOR $e IN $steps { UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; };";
 
 /// Where an op's answer is in the transaction's result.
 enum Slot {
@@ -331,7 +336,11 @@ impl Store {
                     },
                 )))
             }
-            Op::Settle { reservation, run } => {
+            Op::Settle {
+                reservation,
+                run,
+                steps,
+            } => {
                 let sql = format!(
                     "BEGIN; \
                     LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
@@ -339,6 +348,7 @@ impl Store {
                       finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
                       tokens_used = $r.tokens_used WHERE status = 'running' RETURN VALUE run_id); \
                     IF array::len($done) > 0 {{ \
+                      {STEPS} \
                       UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used RETURN NONE; \
                       UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
                       UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
@@ -353,7 +363,7 @@ impl Store {
                 let vars = json!({
                     "r": run, "period": reservation.period_key, "day": reservation.day_key,
                     "tenant": reservation.tenant, "date": reservation.date,
-                    "completed": u64::from(run.status == RunStatus::Completed),
+                    "completed": u64::from(run.status == RunStatus::Completed), "steps": steps,
                 });
                 Ok(Outcome::Settle(last_bool(
                     &self.run_retrying(&sql, vars).await?,
@@ -387,7 +397,11 @@ impl Store {
                     }
                     Slot::Chat
                 }
-                Op::Settle { reservation: r, run } => {
+                Op::Settle {
+                    reservation: r,
+                    run,
+                    steps,
+                } => {
                     let key = format!("{}\n{}\n{}", r.period_key, r.day_key, run.agent_id);
                     if seen.insert(("run", run.id.as_str())) {
                         let vars = || {
@@ -399,6 +413,7 @@ impl Store {
                             "completed".into(),
                             json!(u64::from(run.status == RunStatus::Completed)),
                         );
+                        item.insert("steps".into(), Value::Array(steps.clone()));
                         settles.add(key.clone(), vars, Value::Object(item));
                     }
                     Slot::Settle {
@@ -503,6 +518,7 @@ FOR $r IN $sd{i} {{
   UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, output = $r.output ?? NONE,
     error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE),
     duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used RETURN NONE;
+  FOR $e IN $r.steps {{ UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; }};
   {outbox}
 }};
 IF array::len($sd{i}) > 0 {{
@@ -594,10 +610,23 @@ impl Store {
     /// interrupted (its lease ran out while this one was cut off from the database) gets its
     /// real outcome and tokens, once. `false` when there was nothing to settle.
     #[tracing::instrument(skip(self, run, reservation), fields(run = %run.id))]
-    pub async fn finish_run(&self, reservation: &Reservation, run: &RunRecord) -> Result<bool> {
+    ///
+    /// `steps` are the run's steps not written yet (numbered): they are written in the same
+    /// transaction, so a run that settles has all its steps.
+    pub async fn finish_run(
+        &self,
+        reservation: &Reservation,
+        run: &RunRecord,
+        steps: &[(u64, Step)],
+    ) -> Result<bool> {
+        let steps: Vec<Value> = steps
+            .iter()
+            .map(|(n, step)| json!({"n": n, "step": step}))
+            .collect();
         let op = Op::Settle {
             reservation: reservation.clone(),
             run: run.clone(),
+            steps: steps.clone(),
         };
         // The usual case: the run is still `running`; it settles with its counters.
         if self.write(op).await? == Outcome::Settle(true) {
@@ -606,7 +635,7 @@ impl Store {
         let vars = json!({
             "r": run, "period": reservation.period_key, "day": reservation.day_key,
             "tenant": reservation.tenant, "date": reservation.date,
-            "completed": u64::from(run.status == RunStatus::Completed),
+            "completed": u64::from(run.status == RunStatus::Completed), "steps": steps,
         });
         // Failed as interrupted meanwhile (already counted as a run): the real outcome and
         // its tokens replace the interruption, once.
@@ -620,6 +649,7 @@ impl Store {
               UPDATE type::record('usage_period', $period) SET tokens += $r.tokens_used; \
               UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, tokens += $r.tokens_used; \
               UPSERT type::record('agent_state', $r.agent_id) SET completed_runs += $completed; \
+              {STEPS} \
               {} \
             }}; \
             RETURN array::len($done) > 0; \
@@ -815,8 +845,19 @@ mod tests {
             .await
             .unwrap();
 
-        // Settling two runs in one batch, one of them twice, counts each once.
+        // Settling two runs in one batch, one of them twice, counts each once; the steps
+        // they had not written are written with them.
         let reservation = super::reservation("acme", &period, runs[0].started_at);
+        let step = super::Step {
+            kind: super::super::StepKind::Model,
+            name: "m".into(),
+            arguments: None,
+            result: None,
+            tokens: 7,
+            started_at: runs[0].started_at,
+            duration_ms: 1,
+            error: None,
+        };
         let settle = |i: usize, seq: u64| Op::Settle {
             reservation: reservation.clone(),
             run: {
@@ -824,12 +865,17 @@ mod tests {
                 r.seq = seq;
                 r
             },
+            steps: vec![json!({"n": 1, "step": step}), json!({"n": 2, "step": step})],
         };
         let out = store
             .write_batch(&[settle(0, 1), settle(1, 2), settle(0, 1)])
             .await
             .unwrap();
         assert_eq!(out, [Outcome::Settle(true); 3]);
+        for run in &runs[..2] {
+            let steps = store.steps_after(&run.id, 0).await.unwrap();
+            assert_eq!(steps, [(1, step.clone()), (2, step.clone())]);
+        }
         let out = store.write_batch(&[settle(1, 2)]).await.unwrap();
         assert_eq!(out, [Outcome::Settle(false)], "already settled");
         assert_eq!(
@@ -936,7 +982,7 @@ mod tests {
         assert!(start(&store, &period, "two", (2, 100)).await.is_none());
         // Settled tokens at the token quota refuse further runs.
         let (res, r) = start(&store, &period, "tokens", (10, 7)).await.unwrap();
-        assert!(store.finish_run(&res, &finished(r, 7)).await.unwrap());
+        assert!(store.finish_run(&res, &finished(r, 7), &[]).await.unwrap());
         assert!(start(&store, &period, "tokens", (10, 7)).await.is_none());
     }
 }
