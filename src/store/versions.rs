@@ -1,6 +1,8 @@
 //! The agent versions served: each stored once with its definition, and the set served
 //! last, which `ares plan` compares a folder with.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -21,31 +23,68 @@ pub struct AgentVersion {
     pub first_served_at: DateTime<Utc>,
 }
 
+/// Agents recorded as served in one transaction, at most.
+const RECORD_CHUNK: usize = 250;
+
 impl Store {
     /// Records `served` as the set served now (at `now`): each version not stored yet is
-    /// stored, and the served set replaced, in one transaction.
+    /// stored, and the served set replaced. Written again whole after a failure (each step is
+    /// idempotent), so an interrupted recording is completed by the next.
     pub async fn record_served(&self, served: &[AgentVersion], now: DateTime<Utc>) -> Result<()> {
-        let keys: Vec<[&str; 2]> = served.iter().map(|a| [&*a.owner, &*a.name]).collect();
-        self.run_retrying(
-            "BEGIN; \
-             FOR $a IN $served { \
-               LET $id = type::record('agent_version', [$a.owner, $a.name, $a.version]); \
-               IF (SELECT VALUE version FROM ONLY $id) = NONE { \
-                 CREATE $id CONTENT { owner: $a.owner, name: $a.name, version: $a.version, \
-                   config: $a.config, source_rev: $a.source_rev ?? NONE, \
-                   first_served_at: <datetime>$now } RETURN NONE; \
-               }; \
-               LET $at = type::record('agent_served', [$a.owner, $a.name]); \
-               IF (SELECT VALUE version FROM ONLY $at) != $a.version { \
-                 UPSERT $at CONTENT { owner: $a.owner, name: $a.name, version: $a.version, \
-                   served_at: <datetime>$now } RETURN NONE; \
-               }; \
-             }; \
-             DELETE agent_served WHERE [owner, name] NOTINSIDE $keys RETURN NONE; \
-             COMMIT;",
-            json!({"served": served, "keys": keys, "now": now}),
-        )
-        .await?;
+        // Only what differs from the set recorded is written: a restart on an unchanged folder
+        // writes nothing, and a folder of thousands of agents is written in transactions of
+        // [`RECORD_CHUNK`], each well within a call's time limit.
+        let rows: Vec<Value> = self
+            .rows(
+                "SELECT owner, name, version FROM agent_served",
+                json!({}),
+                0,
+            )
+            .await?;
+        let recorded: HashMap<(&str, &str), &str> = rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    (r["owner"].as_str()?, r["name"].as_str()?),
+                    r["version"].as_str()?,
+                ))
+            })
+            .collect();
+        let changed: Vec<&AgentVersion> = served
+            .iter()
+            .filter(|a| recorded.get(&(&*a.owner, &*a.name)) != Some(&&*a.version))
+            .collect();
+        for chunk in changed.chunks(RECORD_CHUNK) {
+            self.run_retrying(
+                "BEGIN; \
+                 FOR $a IN $served { \
+                   LET $id = type::record('agent_version', [$a.owner, $a.name, $a.version]); \
+                   IF (SELECT VALUE version FROM ONLY $id) = NONE { \
+                     CREATE $id CONTENT { owner: $a.owner, name: $a.name, version: $a.version, \
+                       config: $a.config, source_rev: $a.source_rev ?? NONE, \
+                       first_served_at: <datetime>$now } RETURN NONE; \
+                   }; \
+                   UPSERT type::record('agent_served', [$a.owner, $a.name]) CONTENT { owner: $a.owner, \
+                     name: $a.name, version: $a.version, served_at: <datetime>$now } RETURN NONE; \
+                 }; \
+                 COMMIT;",
+                json!({"served": chunk, "now": now}),
+            )
+            .await?;
+        }
+        let keep: HashSet<(&str, &str)> = served.iter().map(|a| (&*a.owner, &*a.name)).collect();
+        let gone: Vec<[&str; 2]> = recorded
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .map(|(owner, name)| [*owner, *name])
+            .collect();
+        for chunk in gone.chunks(RECORD_CHUNK) {
+            self.run_retrying(
+                "FOR $k IN $gone { DELETE type::record('agent_served', $k) RETURN NONE; };",
+                json!({"gone": chunk}),
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -161,5 +200,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(total, 1, "a version stays recorded once no longer served");
+    }
+
+    #[tokio::test]
+    async fn thousands_of_agents_are_recorded_in_parts_and_only_what_changed_is_written() {
+        let store = super::super::testing::store().await;
+        let mut all: Vec<AgentVersion> = (0..3 * RECORD_CHUNK + 7)
+            .map(|i| version("acme", &format!("bot-{i}"), "v1", "p"))
+            .collect();
+        store.record_served(&all, at(0)).await.unwrap();
+        let served_at = || async {
+            let rows = store
+                .run(
+                    "SELECT VALUE [name, version, served_at] FROM agent_served ORDER BY name",
+                    json!({}),
+                )
+                .await
+                .unwrap();
+            rows.into_iter().next().unwrap()
+        };
+        let first = served_at().await;
+        assert_eq!(first.len(), all.len());
+        // The same set again writes nothing: each agent keeps the time it was first served so.
+        store.record_served(&all, at(10)).await.unwrap();
+        assert_eq!(served_at().await, first);
+        // One changed, one gone: only those are written.
+        all[5] = version("acme", "bot-5", "v2", "q");
+        let gone = all.pop().unwrap();
+        store.record_served(&all, at(20)).await.unwrap();
+        let now = served_at().await;
+        assert_eq!(now.len(), all.len());
+        let changed: Vec<&Value> = now.iter().filter(|r| r[2] != first[0][2]).collect();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(
+            (&changed[0][0], &changed[0][1]),
+            (&json!("bot-5"), &json!("v2"))
+        );
+        assert!(!now.iter().any(|r| r[0] == json!(gone.name)));
     }
 }
