@@ -336,8 +336,12 @@ impl Engine {
         self.keyring.spent(&run.tenant, period, run.tokens_used);
         match self.store.finish_run(&reservation, &run, &unwritten).await {
             // Its events, if the tenant has endpoints, go out at once.
-            Ok(true) => self.webhooks.wake.notify_one(),
-            Ok(false) => {
+            Ok(settled) if settled.now => {
+                if settled.webhooks {
+                    self.webhooks.wake.notify_one();
+                }
+            }
+            Ok(_) => {
                 tracing::error!(run = %run.id, "the run was already final in the database; its outcome was not stored again")
             }
             // The model work is done and paid for: answer it, and store it when the database

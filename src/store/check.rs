@@ -341,7 +341,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let done = finished(r, tokens);
-        assert!(store.finish_run(&res, &done, &[]).await.unwrap());
+        assert!(store.finish_run(&res, &done, &[]).await.unwrap().now);
         done
     }
 
@@ -485,9 +485,9 @@ mod tests {
 
         // The instance was only cut off: its late result replaces the interruption, once.
         let done = finished(r.clone(), 7);
-        assert!(store.finish_run(&res, &done, &[]).await.unwrap());
+        assert!(store.finish_run(&res, &done, &[]).await.unwrap().now);
         assert!(
-            !store.finish_run(&res, &done, &[]).await.unwrap(),
+            !store.finish_run(&res, &done, &[]).await.unwrap().now,
             "a retry changes nothing"
         );
         let stored = store.runs(&r.agent_id, &state[0], 0, 10).await.unwrap();

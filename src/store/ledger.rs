@@ -29,6 +29,21 @@ const SHARDS: usize = 4;
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 64;
 
+/// What settling a run came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// The run was still `running` (or failed as interrupted meanwhile) and is final now,
+    /// counted once; `false` when there was nothing to settle.
+    pub now: bool,
+    /// Its tenant has webhook endpoints, so the settlement may have written deliveries (the
+    /// dispatcher need not look for new ones otherwise).
+    pub webhooks: bool,
+}
+
+/// Whether a tenant among `$hooked` (SurrealQL) has a webhook endpoint.
+const HOOKED: &str =
+    "array::len((SELECT VALUE webhook_id FROM webhook WHERE tenant IN $hooked LIMIT 1)) > 0";
+
 /// One write that waits for its batch.
 #[derive(Debug, Clone)]
 pub(super) enum Op {
@@ -65,8 +80,7 @@ pub(super) enum Outcome {
     Chat,
     /// The run's number, or `None` when the quota refused it.
     Begin(Option<u64>),
-    /// Whether the run was still `running` and is now settled.
-    Settle(bool),
+    Settle(Settled),
 }
 
 struct Pending {
@@ -343,6 +357,7 @@ impl Store {
             } => {
                 let sql = format!(
                     "BEGIN; \
+                    LET $hooks_any = {HOOKED}; \
                     LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
                       output = $r.output ?? NONE, error = $r.error ?? NONE, \
                       finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
@@ -354,9 +369,9 @@ impl Store {
                       UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
                         created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
                         last_run = <datetime>$r.started_at RETURN NONE; \
-                      {} \
+                      IF $hooks_any {{ {} }}; \
                     }}; \
-                    RETURN array::len($done) > 0; \
+                    RETURN {{ now: array::len($done) > 0, webhooks: $hooks_any }}; \
                     COMMIT;",
                     outbox("$tenant", "$r.run_id", "$r.status")
                 );
@@ -364,10 +379,15 @@ impl Store {
                     "r": run, "period": reservation.period_key, "day": reservation.day_key,
                     "tenant": reservation.tenant, "date": reservation.date,
                     "completed": u64::from(run.status == RunStatus::Completed), "steps": steps,
+                    "hooked": [reservation.tenant],
                 });
-                Ok(Outcome::Settle(last_bool(
-                    &self.run_retrying(&sql, vars).await?,
-                )))
+                let answer = self.run_retrying(&sql, vars).await?;
+                let answer = answer.iter().rev().find_map(|rows| rows.first());
+                let flag = |name: &str| answer.and_then(|a| a[name].as_bool()).unwrap_or(false);
+                Ok(Outcome::Settle(Settled {
+                    now: flag("now"),
+                    webhooks: flag("webhooks"),
+                }))
             }
         }
     }
@@ -450,6 +470,14 @@ impl Store {
 
         let mut vars = Map::new();
         vars.insert("instance".into(), json!(&*self.instance));
+        let hooked: std::collections::BTreeSet<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Settle { run, .. } => Some(run.tenant.as_str()),
+                _ => None,
+            })
+            .collect();
+        vars.insert("hooked".into(), json!(hooked));
         let n_chats = chats.bind("c", "chats", &mut vars);
         let n_settles = settles.bind("s", "runs", &mut vars);
         let n_begins = begins.bind("b", "runs", &mut vars);
@@ -466,10 +494,13 @@ impl Store {
             .map(|slot| match slot {
                 Slot::Chat => Ok(Outcome::Chat),
                 Slot::Settle { group, run_id } => {
-                    let settled = answer[format!("s{group}")]
+                    let now = answer[format!("s{group}")]
                         .as_array()
                         .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(&run_id)));
-                    Ok(Outcome::Settle(settled))
+                    Ok(Outcome::Settle(Settled {
+                        now,
+                        webhooks: answer["webhooks"].as_bool().unwrap_or(false),
+                    }))
                 }
                 Slot::Begin { group, index } => {
                     let g = &answer[format!("b{group}")];
@@ -509,6 +540,11 @@ IF array::len($cn{i}) > 0 {{
 "
         );
     }
+    if settles > 0 {
+        // Whether any tenant settling here has webhook endpoints: the outbox is skipped
+        // otherwise.
+        let _ = writeln!(sql, "LET $hooks_any = {HOOKED};");
+    }
     for i in 0..settles {
         let outbox = outbox(&format!("$s{i}.tenant"), "$r.run_id", "$r.status");
         let _ = write!(
@@ -519,7 +555,7 @@ FOR $r IN $sd{i} {{
     error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE),
     duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used RETURN NONE;
   FOR $e IN $r.steps {{ UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; }};
-  {outbox}
+  IF $hooks_any {{ {outbox} }};
 }};
 IF array::len($sd{i}) > 0 {{
   UPDATE type::record('usage_period', $s{i}.period) SET runs += array::len($sd{i}),
@@ -563,6 +599,7 @@ IF $bn{i} > 0 {{
     sql.push_str("RETURN {");
     let fields: Vec<String> = (0..settles)
         .map(|i| format!("s{i}: $sd{i}.run_id"))
+        .chain((settles > 0).then(|| "webhooks: $hooks_any".to_string()))
         .chain((0..begins).map(|i| format!("b{i}: {{ n: $bn{i}, base: $bb{i} }}")))
         .collect();
     sql.push_str(&fields.join(", "));
@@ -618,7 +655,7 @@ impl Store {
         reservation: &Reservation,
         run: &RunRecord,
         steps: &[(u64, Step)],
-    ) -> Result<bool> {
+    ) -> Result<Settled> {
         let steps: Vec<Value> = steps
             .iter()
             .map(|(n, step)| json!({"n": n, "step": step}))
@@ -629,8 +666,14 @@ impl Store {
             steps: steps.clone(),
         };
         // The usual case: the run is still `running`; it settles with its counters.
-        if self.write(op).await? == Outcome::Settle(true) {
-            return Ok(true);
+        match self.write(op).await? {
+            Outcome::Settle(settled) if settled.now => return Ok(settled),
+            Outcome::Settle(_) => {}
+            other => {
+                return Err(StoreError::Internal(anyhow::anyhow!(
+                    "a run's settlement answered {other:?}"
+                )));
+            }
         }
         let vars = json!({
             "r": run, "period": reservation.period_key, "day": reservation.day_key,
@@ -656,7 +699,8 @@ impl Store {
             COMMIT;",
             outbox("$tenant", "$r.run_id", "$r.status")
         );
-        Ok(last_bool(&self.run_retrying(&amend, vars).await?))
+        let now = last_bool(&self.run_retrying(&amend, vars).await?);
+        Ok(Settled { now, webhooks: now })
     }
 
     /// Stores a finished chat and adds its tokens to usage, in one transaction. Idempotent: a
@@ -776,7 +820,7 @@ mod tests {
 
     use super::super::testing::{finished, run, store};
     use super::super::{ChatRecord, Period};
-    use super::{Op, Outcome};
+    use super::{Op, Outcome, Settled};
 
     fn chat(id: &str, tokens: u64) -> ChatRecord {
         ChatRecord {
@@ -871,13 +915,21 @@ mod tests {
             .write_batch(&[settle(0, 1), settle(1, 2), settle(0, 1)])
             .await
             .unwrap();
-        assert_eq!(out, [Outcome::Settle(true); 3]);
+        let settled = Outcome::Settle(Settled {
+            now: true,
+            webhooks: false,
+        });
+        assert_eq!(out, [settled; 3]);
         for run in &runs[..2] {
             let steps = store.steps_after(&run.id, 0).await.unwrap();
             assert_eq!(steps, [(1, step.clone()), (2, step.clone())]);
         }
         let out = store.write_batch(&[settle(1, 2)]).await.unwrap();
-        assert_eq!(out, [Outcome::Settle(false)], "already settled");
+        let nothing = Settled {
+            now: false,
+            webhooks: false,
+        };
+        assert_eq!(out, [Outcome::Settle(nothing)], "already settled");
         assert_eq!(
             usage_row(&store, &period).await,
             json!({"runs": 2, "reserved_runs": 1, "tokens": 24})
@@ -887,6 +939,42 @@ mod tests {
         let report = store.check(1).await.unwrap();
         let found: Vec<_> = report.violations.iter().map(|v| v.invariant).collect();
         assert_eq!(found, ["orphaned_run"], "{:?}", report.violations);
+
+        // Once the tenant has a webhook endpoint, settlements say so (the dispatcher is woken
+        // only then), alone or in a batch.
+        store
+            .run(
+                "CREATE webhook:w CONTENT { webhook_id: 'w', tenant: 'acme', url: 'https://example.com/h', \
+                 events: ['*'], secret: 's', created_at: time::now() }",
+                json!({}),
+            )
+            .await
+            .unwrap();
+        let hooked = Settled {
+            now: true,
+            webhooks: true,
+        };
+        let out = store.write_batch(&[settle(2, 3)]).await.unwrap();
+        assert_eq!(out, [Outcome::Settle(hooked)]);
+        let mut again = settle(2, 3);
+        if let Op::Settle { run, .. } = &mut again {
+            run.id = "not-settled".into();
+        }
+        let out = store
+            .write_batch(&[
+                again,
+                Op::Chat {
+                    chat: chat("z", 1),
+                    period,
+                },
+            ])
+            .await
+            .unwrap();
+        let already = Settled {
+            now: false,
+            webhooks: true,
+        };
+        assert_eq!(out, [Outcome::Settle(already), Outcome::Chat]);
     }
 
     #[tokio::test]
@@ -982,7 +1070,13 @@ mod tests {
         assert!(start(&store, &period, "two", (2, 100)).await.is_none());
         // Settled tokens at the token quota refuse further runs.
         let (res, r) = start(&store, &period, "tokens", (10, 7)).await.unwrap();
-        assert!(store.finish_run(&res, &finished(r, 7), &[]).await.unwrap());
+        assert!(
+            store
+                .finish_run(&res, &finished(r, 7), &[])
+                .await
+                .unwrap()
+                .now
+        );
         assert!(start(&store, &period, "tokens", (10, 7)).await.is_none());
     }
 }

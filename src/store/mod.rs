@@ -9,6 +9,7 @@ mod idempotency;
 mod instances;
 mod keys;
 mod ledger;
+pub use ledger::Settled;
 mod lifecycle;
 mod migrations;
 mod records;
