@@ -87,7 +87,7 @@ impl KeyRing {
         now: DateTime<Utc>,
     ) -> Option<(KeyAuth, Tenant)> {
         let state = self.state.lock().expect("the key ring's lock");
-        if !state.synced.is_some_and(|at| at.elapsed() <= MAX_LAG) {
+        if state.synced.is_none_or(|at| at.elapsed() > MAX_LAG) {
             return None;
         }
         let key = state.keys.get(hash)?;
@@ -358,6 +358,17 @@ mod tests {
         );
     }
 
+    /// Key `k2` of tenant `beta`, read from the database when the epoch was `epoch`.
+    fn remember_beta(ring: &KeyRing, epoch: u64) {
+        ring.remember(
+            "h2",
+            &auth("k2", "beta"),
+            &tenant("beta", None),
+            day(),
+            epoch,
+        );
+    }
+
     fn tenant_with(tokens: u64) -> Tenant {
         tenant("acme", Some(tokens))
     }
@@ -391,13 +402,7 @@ mod tests {
     fn changes_forget_their_keys_and_tenants_once() {
         let ring = synced_ring();
         let epoch = ring.epoch();
-        ring.remember(
-            "h2",
-            &auth("k2", "beta"),
-            &tenant("beta", None),
-            day(),
-            epoch,
-        );
+        remember_beta(&ring, epoch);
         let revoked = ChangeSet {
             versionstamp: 7,
             keys: vec!["k1".into()],
@@ -433,13 +438,7 @@ mod tests {
         let ring = synced_ring();
         let epoch = ring.epoch();
         ring.forget_key("k9");
-        ring.remember(
-            "h2",
-            &auth("k2", "beta"),
-            &tenant("beta", None),
-            day(),
-            epoch,
-        );
+        remember_beta(&ring, epoch);
         assert!(ring.lookup("h2", day(), Utc::now()).is_none());
     }
 

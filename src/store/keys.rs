@@ -389,7 +389,11 @@ mod tests {
         // The revocation, last (the tenant's creation with its key came before), stamped by
         // the clock `at` is read by: the feed's position is computed from it.
         let revocation = changes.sets.last().expect("the revocation");
-        assert_eq!(revocation.keys, [key.key.id.clone()], "{changes:?}");
+        assert_eq!(
+            revocation.keys,
+            std::slice::from_ref(&key.key.id),
+            "{changes:?}"
+        );
         assert!(
             revocation.versionstamp >= versionstamp_at(start.at)
                 && revocation.versionstamp <= versionstamp_at(changes.at) + 0xFFFF,

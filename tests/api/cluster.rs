@@ -103,14 +103,7 @@ async fn two_instances_share_keys_history_usage_and_agents() {
     );
 
     // A key revoked through A is refused by B on its next request.
-    let revoked = a
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/api-keys/{key_id}"),
-            &first,
-            None,
-        )
-        .await;
+    let revoked = revoke(&a, &first, &key_id).await;
     assert_eq!(revoked.status, 204, "{}", revoked.text);
     let refused = a.get("/v1/agents", &key).await;
     assert_eq!((refused.status, refused.code()), (401, "unauthorized"));
@@ -893,6 +886,17 @@ async fn kill_9_with_webhook_events_pending_loses_none_and_never_sends_one_twice
     }
 }
 
+/// Revokes key `id` through `inst`, asked with `key`.
+async fn revoke(inst: &Ares, key: &str, id: &str) -> Reply {
+    inst.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/api-keys/{id}"),
+        key,
+        None,
+    )
+    .await
+}
+
 /// A counter or gauge of an instance's `/metrics`.
 async fn metric(inst: &Ares, name: &str) -> u64 {
     let text = reqwest::get(format!("{}/metrics", inst.base))
@@ -933,14 +937,7 @@ async fn revocations_reach_every_instance_within_100_ms() {
             let r = inst.get("/v1/agents", &key).await;
             assert_eq!(r.status, 200, "{}: {}", inst.name, r.text);
         }
-        let revoked = a
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/api-keys/{id}"),
-                &first,
-                None,
-            )
-            .await;
+        let revoked = revoke(&a, &first, &id).await;
         assert_eq!(revoked.status, 204, "{}", revoked.text);
         let answered = Instant::now();
         // The instance that revoked refuses the next request.

@@ -282,7 +282,9 @@ pub fn cluster_env(
             "{steady-model: {provider: steady, id: steady-model}}".into(),
         ),
         e("ARES_TEST_UPSTREAM_KEY", "unused".into()),
+        // Load tests measure throughput, not rate limits (per key or per tenant).
         e("ARES_QUOTA_REQUESTS_PER_MINUTE", "0".into()),
+        e("ARES_QUOTA_TENANT_REQUESTS_PER_MINUTE", "0".into()),
         e("ARES_LOG", "info,ares=debug".into()),
     ]
 }
