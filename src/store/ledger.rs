@@ -528,14 +528,14 @@ fn script(chats: usize, settles: usize, begins: usize) -> String {
     for i in 0..chats {
         let _ = write!(
             sql,
-            "LET $cn{i} = $c{i}.chats.filter(|$c| !record::exists(type::record('chat', $c.id)));
-FOR $c IN $cn{i} {{ CREATE type::record('chat', $c.id) CONTENT {{ tenant: $c.tenant, model: $c.model,
-  finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at }} RETURN NONE; }};
+            "LET $cn{i} = INSERT IGNORE INTO chat $c{i}.chats.map(|$c| {{ id: type::record('chat', $c.id),
+  tenant: $c.tenant, model: $c.model, finish_reason: $c.finish_reason, tokens_used: $c.tokens_used,
+  created_at: <datetime>$c.created_at }}) RETURN VALUE tokens_used;
 IF array::len($cn{i}) > 0 {{
   UPSERT type::record('usage_period', $c{i}.period) SET tenant = $c{i}.tenant, start = $c{i}.start,
-    tokens += math::sum($cn{i}.tokens_used) RETURN NONE;
+    tokens += math::sum($cn{i}) RETURN NONE;
   UPSERT type::record('usage_daily', $c{i}.day) SET tenant = $c{i}.tenant, date = $c{i}.date,
-    tokens += math::sum($cn{i}.tokens_used) RETURN NONE;
+    tokens += math::sum($cn{i}) RETURN NONE;
 }};
 "
         );
@@ -880,14 +880,20 @@ mod tests {
             json!({"runs": 0, "reserved_runs": 3, "tokens": 10}),
             "chat `a` counted once"
         );
-        // The same chat again, in a later batch, is not counted again.
-        store
-            .write_batch(&[Op::Chat {
-                chat: chat("b", 5),
-                period,
-            }])
-            .await
-            .unwrap();
+        // The same chat again, in a later batch (alone, or beside a new one), is not counted
+        // again.
+        for chats in [vec![chat("b", 5)], vec![chat("b", 5), chat("c", 3)]] {
+            let ops: Vec<Op> = chats
+                .into_iter()
+                .map(|chat| Op::Chat { chat, period })
+                .collect();
+            store.write_batch(&ops).await.unwrap();
+        }
+        assert_eq!(
+            usage_row(&store, &period).await["tokens"],
+            13,
+            "only `c` added"
+        );
 
         // Settling two runs in one batch, one of them twice, counts each once; the steps
         // they had not written are written with them.
@@ -932,7 +938,7 @@ mod tests {
         assert_eq!(out, [Outcome::Settle(nothing)], "already settled");
         assert_eq!(
             usage_row(&store, &period).await,
-            json!({"runs": 2, "reserved_runs": 1, "tokens": 24})
+            json!({"runs": 2, "reserved_runs": 1, "tokens": 27})
         );
         // Agent counters, usage and runs agree; the third run is still running, on an
         // instance that holds no lease.
