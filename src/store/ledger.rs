@@ -320,10 +320,11 @@ impl Store {
             } => {
                 let r = reservation(&run.tenant, period, run.started_at);
                 // The period's row is made on its first run (an UPSERT ignores its condition
-                // when it creates), then the reservation is a conditional update of it.
+                // when it creates, and `WHERE false` leaves an existing row unwritten), then the
+                // reservation is a conditional update of it.
                 let sql = "BEGIN; \
                     UPSERT type::record('usage_period', $key) SET tenant = $r.tenant, start = $start \
-                      WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN NONE; \
+                      WHERE false RETURN NONE; \
                     LET $ok = array::len((UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
                       WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN VALUE reserved_runs)) > 0; \
                     LET $seq = IF $ok { (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
