@@ -268,6 +268,16 @@ impl Engine {
     }
 }
 
+/// The engine owns the store: once it is dropped, the process is closing its database, and
+/// the notice surrealkv logs while a tree closes (see `store::close`) says nothing new. Said
+/// here, before the store's last handle goes, not after the command returns: the engine's
+/// shutdown starts when it is dropped, and its notice raced the command's end.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        begin_close();
+    }
+}
+
 /// The runtime the engine's use cases run on: database calls nest deep futures, so its threads
 /// get the stacks the store needs.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

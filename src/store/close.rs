@@ -24,7 +24,8 @@ const NOTICE: &str = "No runtime available for closing the store correctly";
 /// Set once the process waits for its store to close.
 static CLOSING: AtomicBool = AtomicBool::new(false);
 
-/// Says that the process is closing its store: call it before dropping the last handles.
+/// Says that the process is closing its store: call it before dropping the last handles (the
+/// engine says it when it is dropped).
 pub fn begin_close() {
     CLOSING.store(true, Ordering::SeqCst);
 }
