@@ -985,6 +985,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn runs_settled_in_one_batch_each_write_their_webhook_event() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        store
+            .run(
+                "CREATE webhook:w CONTENT { webhook_id: 'w', tenant: 'acme', url: 'https://example.com/h', \
+                 events: ['*'], secret: 's', created_at: time::now() }",
+                json!({}),
+            )
+            .await
+            .unwrap();
+        let runs: Vec<_> = (0..3).map(|_| run("acme")).collect();
+        let begins: Vec<Op> = runs
+            .iter()
+            .map(|r| Op::Begin {
+                period,
+                quota_runs: 10,
+                quota_tokens: 1000,
+                run: r.clone(),
+            })
+            .collect();
+        store.write_batch(&begins).await.unwrap();
+        let reservation = super::reservation("acme", &period, runs[0].started_at);
+        let settles: Vec<Op> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Op::Settle {
+                reservation: reservation.clone(),
+                run: {
+                    let mut r = finished(r.clone(), 1);
+                    r.seq = i as u64 + 1;
+                    r
+                },
+                steps: Vec::new(),
+            })
+            .collect();
+        let out = store.write_batch(&settles).await.unwrap();
+        let settled = Outcome::Settle(Settled {
+            now: true,
+            webhooks: true,
+        });
+        assert_eq!(out, [settled; 3]);
+        let events = store
+            .run(
+                "SELECT VALUE run_id FROM webhook_delivery WHERE event_type = 'run.completed'",
+                json!({}),
+            )
+            .await
+            .unwrap();
+        let mut got: Vec<&str> = events[0].iter().filter_map(|v| v.as_str()).collect();
+        got.sort();
+        let mut want: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        want.sort();
+        assert_eq!(got, want, "one delivery per settled run");
+    }
+
+    #[tokio::test]
     async fn concurrent_writers_share_batches_and_never_overshoot() {
         let store = store().await;
         let period = Period::containing(Utc::now(), 1);
