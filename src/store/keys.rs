@@ -35,12 +35,15 @@ pub fn generate_secret() -> String {
     out
 }
 
-/// The stored form of a secret: lowercase hex SHA-256.
+/// The stored form of a secret: lowercase hex SHA-256 (computed on every request: one
+/// allocation).
 pub fn hash_secret(secret: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(secret.as_bytes());
     let mut s = String::with_capacity(64);
     for b in digest {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0xf)] as char);
     }
     s
 }
