@@ -142,32 +142,26 @@ impl Engine {
     /// loaded and no provider is built.
     pub async fn open_database(settings: Settings) -> anyhow::Result<Engine> {
         let store = connect(&settings).await?;
-        Ok(Engine::assemble(
-            settings,
-            store,
-            Models::default(),
-            AgentRegistry::fixed(Default::default()),
-            Arc::new(SystemClock),
-        ))
+        Ok(Engine::database_only(settings, store))
     }
 
     /// Only the database, opened for reading (no migration applied): `ares plan`.
     pub async fn open_database_read_only(settings: Settings) -> anyhow::Result<Engine> {
         let store = Store::connect_read_only(&settings.database)
             .await
-            .with_context(|| {
-                format!(
-                    "connecting to the database at {}",
-                    crate::store::redact_url(&settings.database.url)
-                )
-            })?;
-        Ok(Engine::assemble(
+            .with_context(|| connecting(&settings))?;
+        Ok(Engine::database_only(settings, store))
+    }
+
+    /// An engine on `store` alone: no agents, no providers, the system clock.
+    fn database_only(settings: Settings, store: Store) -> Engine {
+        Engine::assemble(
             settings,
             store,
             Models::default(),
             AgentRegistry::fixed(Default::default()),
             Arc::new(SystemClock),
-        ))
+        )
     }
 
     /// An engine on the given store, model routes and clock, with the agents of the settings'
@@ -288,12 +282,17 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Store> {
-    Store::connect(&settings.database).await.with_context(|| {
-        format!(
-            "connecting to the database at {}",
-            crate::store::redact_url(&settings.database.url)
-        )
-    })
+    Store::connect(&settings.database)
+        .await
+        .with_context(|| connecting(settings))
+}
+
+/// What a failed connection was doing, naming the database without its password.
+fn connecting(settings: &Settings) -> String {
+    format!(
+        "connecting to the database at {}",
+        crate::store::redact_url(&settings.database.url)
+    )
 }
 
 #[cfg(test)]
