@@ -335,12 +335,12 @@ mod tests {
     #[test]
     fn a_key_remembered_is_found_with_its_tenant_and_tokens() {
         let ring = synced_ring();
-        let (held, tenant) = ring.lookup("h1", day(), Utc::now()).expect("held");
-        assert_eq!((held.key_id.as_str(), tenant.slug.as_str()), ("k1", "acme"));
-        assert_eq!(tenant.period_tokens, Some(5));
+        let (held, found) = ring.lookup("h1", day(), Utc::now()).expect("held");
+        assert_eq!((held.key_id.as_str(), found.slug.as_str()), ("k1", "acme"));
+        assert_eq!(found.period_tokens, Some(5));
         ring.spent("acme", day(), 7);
-        let (_, tenant) = ring.lookup("h1", day(), Utc::now()).unwrap();
-        assert_eq!(tenant.period_tokens, Some(12));
+        let (_, found) = ring.lookup("h1", day(), Utc::now()).unwrap();
+        assert_eq!(found.period_tokens, Some(12));
         // Another period's tokens are not these.
         assert!(
             ring.lookup("h1", day().succ_opt().unwrap(), Utc::now())
@@ -348,7 +348,13 @@ mod tests {
         );
         // A read from the database that began before the 7 were added does not take them back.
         let epoch = ring.epoch();
-        ring.remember("h1", &auth("k1", "acme"), &tenant_with(5), day(), epoch);
+        ring.remember(
+            "h1",
+            &auth("k1", "acme"),
+            &tenant("acme", Some(5)),
+            day(),
+            epoch,
+        );
         assert_eq!(
             ring.lookup("h1", day(), Utc::now())
                 .unwrap()
@@ -367,10 +373,6 @@ mod tests {
             day(),
             epoch,
         );
-    }
-
-    fn tenant_with(tokens: u64) -> Tenant {
-        tenant("acme", Some(tokens))
     }
 
     #[test]
@@ -413,7 +415,13 @@ mod tests {
         assert!(ring.lookup("h2", day(), Utc::now()).is_some());
         // Read again (the overlap), the same change set is not applied again.
         let epoch = ring.epoch();
-        ring.remember("h1", &auth("k1", "acme"), &tenant_with(0), day(), epoch);
+        ring.remember(
+            "h1",
+            &auth("k1", "acme"),
+            &tenant("acme", Some(0)),
+            day(),
+            epoch,
+        );
         ring.apply(&read(Utc::now(), vec![revoked]), Instant::now());
         assert_eq!(ring.epoch(), epoch);
         let changed = ChangeSet {

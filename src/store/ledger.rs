@@ -834,6 +834,18 @@ mod tests {
         }
     }
 
+    /// A webhook endpoint of tenant `acme`, for every event.
+    async fn webhook_of_acme(store: &super::Store) {
+        store
+            .run(
+                "CREATE webhook:w CONTENT { webhook_id: 'w', tenant: 'acme', url: 'https://example.com/h', \
+                 events: ['*'], secret: 's', created_at: time::now() }",
+                json!({}),
+            )
+            .await
+            .unwrap();
+    }
+
     async fn usage_row(store: &super::Store, period: &Period) -> serde_json::Value {
         let key = format!("acme|{}", period.start.date_naive());
         store
@@ -949,14 +961,7 @@ mod tests {
 
         // Once the tenant has a webhook endpoint, settlements say so (the dispatcher is woken
         // only then), alone or in a batch.
-        store
-            .run(
-                "CREATE webhook:w CONTENT { webhook_id: 'w', tenant: 'acme', url: 'https://example.com/h', \
-                 events: ['*'], secret: 's', created_at: time::now() }",
-                json!({}),
-            )
-            .await
-            .unwrap();
+        webhook_of_acme(&store).await;
         let hooked = Settled {
             now: true,
             webhooks: true,
@@ -988,14 +993,7 @@ mod tests {
     async fn runs_settled_in_one_batch_each_write_their_webhook_event() {
         let store = store().await;
         let period = Period::containing(Utc::now(), 1);
-        store
-            .run(
-                "CREATE webhook:w CONTENT { webhook_id: 'w', tenant: 'acme', url: 'https://example.com/h', \
-                 events: ['*'], secret: 's', created_at: time::now() }",
-                json!({}),
-            )
-            .await
-            .unwrap();
+        webhook_of_acme(&store).await;
         let runs: Vec<_> = (0..3).map(|_| run("acme")).collect();
         let begins: Vec<Op> = runs
             .iter()
