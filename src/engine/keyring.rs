@@ -314,13 +314,7 @@ mod tests {
         let ring = KeyRing::default();
         ring.apply(&read(Utc::now(), vec![]), Instant::now());
         let epoch = ring.epoch();
-        ring.remember(
-            "h1",
-            &auth("k1", "acme"),
-            &tenant("acme", Some(5)),
-            day(),
-            epoch,
-        );
+        remember_acme(&ring, 5, epoch);
         ring
     }
 
@@ -348,19 +342,25 @@ mod tests {
         );
         // A read from the database that began before the 7 were added does not take them back.
         let epoch = ring.epoch();
-        ring.remember(
-            "h1",
-            &auth("k1", "acme"),
-            &tenant("acme", Some(5)),
-            day(),
-            epoch,
-        );
+        remember_acme(&ring, 5, epoch);
         assert_eq!(
             ring.lookup("h1", day(), Utc::now())
                 .unwrap()
                 .1
                 .period_tokens,
             Some(12)
+        );
+    }
+
+    /// Key `k1` of tenant `acme` with `tokens` used, read from the database when the epoch
+    /// was `epoch`.
+    fn remember_acme(ring: &KeyRing, tokens: u64, epoch: u64) {
+        ring.remember(
+            "h1",
+            &auth("k1", "acme"),
+            &tenant("acme", Some(tokens)),
+            day(),
+            epoch,
         );
     }
 
@@ -415,13 +415,7 @@ mod tests {
         assert!(ring.lookup("h2", day(), Utc::now()).is_some());
         // Read again (the overlap), the same change set is not applied again.
         let epoch = ring.epoch();
-        ring.remember(
-            "h1",
-            &auth("k1", "acme"),
-            &tenant("acme", Some(0)),
-            day(),
-            epoch,
-        );
+        remember_acme(&ring, 0, epoch);
         ring.apply(&read(Utc::now(), vec![revoked]), Instant::now());
         assert_eq!(ring.epoch(), epoch);
         let changed = ChangeSet {

@@ -77,11 +77,13 @@ async fn kit(base: &str, args: &[&str]) -> Run {
     }
 }
 
+/// The checks of a JSON report.
+fn checks(report: &Value) -> impl Iterator<Item = &Value> {
+    report["checks"].as_array().unwrap().iter()
+}
+
 fn outcomes(report: &Value, outcome: &str) -> Vec<String> {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
+    checks(report)
         .filter(|c| c["outcome"] == outcome)
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect()
@@ -89,10 +91,7 @@ fn outcomes(report: &Value, outcome: &str) -> Vec<String> {
 
 /// The failures of check `name`: (pointer, expected, actual).
 fn failures(report: &Value, name: &str) -> Vec<(String, Value, Value)> {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
+    checks(report)
         .filter(|c| c["name"] == name)
         .flat_map(|c| c["failures"].as_array().unwrap().clone())
         .map(|f| {
