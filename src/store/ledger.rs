@@ -17,12 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
+use surrealdb::types::{Array, Datetime, RecordId, Value as NativeValue};
 use tokio::sync::{mpsc, oneshot};
 
 use super::instances::RunningRun;
 use super::records::{ChatRecord, Reservation, RunRecord, RunStatus, Step, last_bool, reservation};
 use super::usage::Period;
-use super::{Result, Store, StoreError};
+use super::{Native, Result, Store, StoreError};
 
 /// Workers per store: tenants are spread over them by a hash of their slug.
 const SHARDS: usize = 4;
@@ -217,7 +218,8 @@ enum Slot {
 /// One group of a batch: the ops that share the rows a fragment of the script writes.
 struct Group {
     vars: Map<String, Value>,
-    items: Vec<Value>,
+    /// The ops' rows, bound natively.
+    items: Vec<NativeValue>,
 }
 
 /// Groups in first-seen order, by key.
@@ -234,7 +236,7 @@ impl Groups {
         &mut self,
         key: String,
         vars: impl FnOnce() -> Map<String, Value>,
-        item: Value,
+        item: NativeValue,
     ) -> (usize, usize) {
         let g = *self.index.entry(key).or_insert_with(|| {
             self.list.push(Group {
@@ -247,11 +249,13 @@ impl Groups {
         (g, self.list[g].items.len() - 1)
     }
 
-    fn bind(self, prefix: &str, items: &str, out: &mut Map<String, Value>) -> usize {
+    /// Binds group `i` as `$<prefix><i>` and its rows, natively, as `$<prefix>r<i>`; returns
+    /// the count.
+    fn bind(self, prefix: &str, out: &mut Map<String, Value>, native: &mut Native) -> usize {
         let n = self.list.len();
-        for (i, mut g) in self.list.into_iter().enumerate() {
-            g.vars.insert(items.into(), Value::Array(g.items));
+        for (i, g) in self.list.into_iter().enumerate() {
             out.insert(format!("{prefix}{i}"), Value::Object(g.vars));
+            native.insert(format!("{prefix}r{i}"), NativeValue::Array(g.items.into()));
         }
         n
     }
@@ -262,6 +266,95 @@ fn obj(v: Value) -> Map<String, Value> {
         Value::Object(m) => m,
         _ => Map::new(),
     }
+}
+
+/// A count as a native number: SurrealDB's own conversion of a `u64` wraps past `i64::MAX`,
+/// where JSON's makes a number the `int` fields refuse, as they should.
+fn count(n: u64) -> Value {
+    json!(n)
+}
+
+/// A chat as its `chat` row, bound natively: stored as it is, with no expression per field.
+fn chat_row(chat: &ChatRecord) -> NativeValue {
+    let mut row = Native::new();
+    row.insert("id", RecordId::new("chat", chat.id.as_str()));
+    row.insert("tenant", chat.tenant.as_str());
+    row.insert("model", chat.model.as_str());
+    row.insert("finish_reason", chat.finish_reason.as_str());
+    row.insert("tokens_used", count(chat.tokens_used));
+    row.insert("created_at", Datetime::from(chat.created_at));
+    NativeValue::Object(row)
+}
+
+/// A run's record id, natively.
+fn run_id_native(run: &RunRecord) -> RecordId {
+    let seq = i64::try_from(run.seq).unwrap_or(i64::MAX);
+    RecordId::new(
+        "run",
+        Array::from(vec![
+            NativeValue::String(run.agent_id.clone()),
+            NativeValue::Number(seq.into()),
+        ]),
+    )
+}
+
+/// A run to start, bound natively: its `running` record (`run`) and its `run_ref` (`by_id`),
+/// but for their numbers, which the transaction gives.
+fn begin_row(run: &RunRecord, instance: &str) -> NativeValue {
+    let mut record = Native::new();
+    record.insert("run_id", run.id.as_str());
+    record.insert("tenant", run.tenant.as_str());
+    record.insert("agent", run.agent.as_str());
+    record.insert("agent_id", run.agent_id.as_str());
+    record.insert("status", run.status.as_str());
+    record.insert("input", run.input.clone());
+    record.insert("started_at", Datetime::from(run.started_at));
+    record.insert("tokens_used", 0);
+    record.insert("instance", instance);
+    if let Some(deadline) = run.deadline {
+        record.insert("deadline", Datetime::from(deadline));
+    }
+    if let Some(version) = &run.agent_version {
+        record.insert("agent_version", version.as_str());
+    }
+    let mut by_id = Native::new();
+    by_id.insert("id", RecordId::new("run_ref", run.id.as_str()));
+    by_id.insert("agent_id", run.agent_id.as_str());
+    by_id.insert("tenant", run.tenant.as_str());
+    let mut row = Native::new();
+    row.insert("run", record);
+    row.insert("by_id", by_id);
+    NativeValue::Object(row)
+}
+
+/// A settling run, bound natively: its record (`rid`), what its settlement sets on it
+/// (`patch`), and what the counters, the steps and the outbox read.
+fn settle_row(run: &RunRecord, steps: &[Value]) -> NativeValue {
+    let mut patch = Native::new();
+    patch.insert("status", run.status.as_str());
+    if let Some(output) = &run.output {
+        patch.insert("output", output.clone());
+    }
+    if let Some(error) = &run.error {
+        patch.insert("error", error.as_str());
+    }
+    if let Some(finished) = run.finished_at {
+        patch.insert("finished_at", Datetime::from(finished));
+    }
+    if let Some(ms) = run.duration_ms {
+        patch.insert("duration_ms", count(ms));
+    }
+    patch.insert("tokens_used", count(run.tokens_used));
+    let mut row = Native::new();
+    row.insert("rid", run_id_native(run));
+    row.insert("patch", patch);
+    row.insert("run_id", run.id.as_str());
+    row.insert("status", run.status.as_str());
+    row.insert("tokens_used", count(run.tokens_used));
+    row.insert("completed", u64::from(run.status == RunStatus::Completed));
+    row.insert("started_at", Datetime::from(run.started_at));
+    row.insert("steps", Value::Array(steps.to_vec()));
+    NativeValue::Object(row)
 }
 
 /// The statements that write the webhook outbox of one settled run, in the settling
@@ -295,23 +388,9 @@ impl Store {
     /// batch's loops over one item; same effects).
     async fn write_one(&self, op: &Op) -> Result<Outcome> {
         match op {
-            Op::Chat { chat, period } => {
-                let r = reservation(&chat.tenant, period, chat.created_at);
-                let sql = "BEGIN; \
-                    IF !record::exists(type::record('chat', $c.id)) { \
-                    CREATE type::record('chat', $c.id) CONTENT { tenant: $c.tenant, model: $c.model, \
-                      finish_reason: $c.finish_reason, tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at } RETURN NONE; \
-                    UPSERT type::record('usage_period', $period) SET tenant = $c.tenant, start = $start, tokens += $c.tokens_used RETURN NONE; \
-                    UPSERT type::record('usage_daily', $day) SET tenant = $c.tenant, date = $date, tokens += $c.tokens_used RETURN NONE; \
-                    }; \
-                    COMMIT;";
-                let vars = json!({
-                    "c": chat, "period": r.period_key, "day": r.day_key, "date": r.date,
-                    "start": period.start.date_naive().to_string(),
-                });
-                self.run_retrying(sql, vars).await?;
-                Ok(Outcome::Chat)
-            }
+            // A batch of one: its chat is bound natively, which a statement made for one
+            // could not do more cheaply.
+            Op::Chat { .. } => Ok(self.write_many(std::slice::from_ref(op)).await?.remove(0)),
             Op::Begin {
                 period,
                 quota_runs,
@@ -397,9 +476,14 @@ impl Store {
     /// counted once per chat id; runs settle once; run starts are granted in order while the
     /// quotas allow, numbered consecutively per agent.
     pub(super) async fn write_batch(&self, ops: &[Op]) -> Result<Vec<Outcome>> {
-        if let [op] = ops {
-            return Ok(vec![self.write_one(op).await?]);
+        match ops {
+            [op] => Ok(vec![self.write_one(op).await?]),
+            _ => self.write_many(ops).await,
         }
+    }
+
+    /// [`Store::write_batch`] by the batch's script, whatever the number of ops.
+    async fn write_many(&self, ops: &[Op]) -> Result<Vec<Outcome>> {
         let (mut chats, mut settles, mut begins) =
             (Groups::default(), Groups::default(), Groups::default());
         let mut seen = std::collections::HashSet::new();
@@ -414,7 +498,7 @@ impl Store {
                             obj(json!({"tenant": chat.tenant, "period": r.period_key, "day": r.day_key,
                                 "date": r.date, "start": period.start.date_naive().to_string()}))
                         };
-                        chats.add(format!("{}\n{}", r.period_key, r.day_key), vars, json!(chat));
+                        chats.add(format!("{}\n{}", r.period_key, r.day_key), vars, chat_row(chat));
                     }
                     Slot::Chat
                 }
@@ -429,13 +513,7 @@ impl Store {
                             obj(json!({"tenant": r.tenant, "period": r.period_key, "day": r.day_key,
                                 "date": r.date, "agent_id": run.agent_id, "agent": run.agent}))
                         };
-                        let mut item = obj(json!(run));
-                        item.insert(
-                            "completed".into(),
-                            json!(u64::from(run.status == RunStatus::Completed)),
-                        );
-                        item.insert("steps".into(), Value::Array(steps.clone()));
-                        settles.add(key.clone(), vars, Value::Object(item));
+                        settles.add(key.clone(), vars, settle_row(run, steps));
                     }
                     Slot::Settle {
                         group: settles.index[&key],
@@ -455,7 +533,7 @@ impl Store {
                             "agent_id": run.agent_id, "start": period.start.date_naive().to_string(),
                             "qr": quota_runs, "qt": quota_tokens}))
                     };
-                    let (group, index) = begins.add(key, vars, json!(run));
+                    let (group, index) = begins.add(key, vars, begin_row(run, &self.instance));
                     // A group takes the smallest quotas its callers saw (they may have read the
                     // tenant before and after a quota change).
                     let g = &mut begins.list[group].vars;
@@ -479,11 +557,14 @@ impl Store {
             })
             .collect();
         vars.insert("hooked".into(), json!(hooked));
-        let n_chats = chats.bind("c", "chats", &mut vars);
-        let n_settles = settles.bind("s", "runs", &mut vars);
-        let n_begins = begins.bind("b", "runs", &mut vars);
+        let mut native = Native::new();
+        let n_chats = chats.bind("c", &mut vars, &mut native);
+        let n_settles = settles.bind("s", &mut vars, &mut native);
+        let n_begins = begins.bind("b", &mut vars, &mut native);
         let sql = script(n_chats, n_settles, n_begins);
-        let out = self.run_retrying(&sql, Value::Object(vars)).await?;
+        let out = self
+            .run_retrying_native(&sql, Value::Object(vars), native)
+            .await?;
         let answer = out
             .into_iter()
             .rev()
@@ -522,16 +603,14 @@ impl Store {
 
 /// The transaction for `chats` chat groups (by period and day), `settles` settlement groups
 /// (by period, day and agent) and `begins` run-start groups (by period and agent), bound as
-/// `$c0..`, `$s0..`, `$b0..`. Chats and settlements come first, so that run
+/// `$c0..`, `$s0..`, `$b0..` (their rows natively as `$cr0..`, `$sr0..`, `$br0..`). Chats and settlements come first, so that run
 /// starts see the tokens they add.
 fn script(chats: usize, settles: usize, begins: usize) -> String {
     let mut sql = String::from("BEGIN;\n");
     for i in 0..chats {
         let _ = write!(
             sql,
-            "LET $cn{i} = INSERT IGNORE INTO chat $c{i}.chats.map(|$c| {{ id: type::record('chat', $c.id),
-  tenant: $c.tenant, model: $c.model, finish_reason: $c.finish_reason, tokens_used: $c.tokens_used,
-  created_at: <datetime>$c.created_at }}) RETURN VALUE tokens_used;
+            "LET $cn{i} = INSERT IGNORE INTO chat $cr{i} RETURN VALUE tokens_used;
 IF array::len($cn{i}) > 0 {{
   UPSERT type::record('usage_period', $c{i}.period) SET tenant = $c{i}.tenant, start = $c{i}.start,
     tokens += math::sum($cn{i}) RETURN NONE;
@@ -550,11 +629,9 @@ IF array::len($cn{i}) > 0 {{
         let outbox = outbox(&format!("$s{i}.tenant"), "$r.run_id", "$r.status");
         let _ = write!(
             sql,
-            "LET $sd{i} = $s{i}.runs.filter(|$r| type::record('run', [$r.agent_id, $r.seq]).status = 'running');
+            "LET $sd{i} = $sr{i}.filter(|$r| $r.rid.status = 'running');
 FOR $r IN $sd{i} {{
-  UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, output = $r.output ?? NONE,
-    error = $r.error ?? NONE, finished_at = <option<datetime>>($r.finished_at ?? NONE),
-    duration_ms = $r.duration_ms ?? NONE, tokens_used = $r.tokens_used RETURN NONE;
+  UPDATE $r.rid MERGE $r.patch RETURN NONE;
   FOR $e IN $r.steps {{ UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; }};
   IF $hooks_any {{ {outbox} }};
 }};
@@ -566,7 +643,7 @@ IF array::len($sd{i}) > 0 {{
   UPSERT type::record('agent_state', $s{i}.agent_id) SET tenant = $s{i}.tenant, name = $s{i}.agent,
     created_at = created_at ?? time::now(), total_runs += array::len($sd{i}),
     completed_runs += math::sum($sd{i}.completed),
-    last_run = array::max($sd{i}.map(|$r| <datetime>$r.started_at)) RETURN NONE;
+    last_run = array::max($sd{i}.started_at) RETURN NONE;
 }};
 "
         );
@@ -579,20 +656,16 @@ IF array::len($sd{i}) > 0 {{
             "UPSERT type::record('usage_period', $b{i}.key) SET tenant = $b{i}.tenant, start = $b{i}.start WHERE false RETURN NONE;
 LET $bp{i} = type::record('usage_period', $b{i}.key).{{runs, reserved_runs, tokens}};
 LET $bn{i} = IF $bp{i}.tokens < $b{i}.qt {{
-  math::min([array::len($b{i}.runs), math::max([0, $b{i}.qr - $bp{i}.runs - $bp{i}.reserved_runs])]) }} ELSE {{ 0 }};
+  math::min([array::len($br{i}), math::max([0, $b{i}.qr - $bp{i}.runs - $bp{i}.reserved_runs])]) }} ELSE {{ 0 }};
 LET $bb{i} = type::record('agent_state', $b{i}.agent_id).run_seq ?? 0;
 IF $bn{i} > 0 {{
   UPDATE type::record('usage_period', $b{i}.key) SET reserved_runs += $bn{i} RETURN NONE;
   UPSERT type::record('agent_state', $b{i}.agent_id) SET tenant = $b{i}.tenant, name = $b{i}.agent,
     created_at = created_at ?? time::now(), run_seq += $bn{i} RETURN NONE;
-  INSERT INTO run array::slice($b{i}.runs, 0, $bn{i}).map(|$r, $k| {{
-    id: type::record('run', [$r.agent_id, $bb{i} + $k + 1]), run_id: $r.run_id, seq: $bb{i} + $k + 1,
-    tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input,
-    started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance,
-    deadline: <option<datetime>>($r.deadline ?? NONE), agent_version: $r.agent_version ?? NONE }}) RETURN NONE;
-  INSERT INTO run_ref array::slice($b{i}.runs, 0, $bn{i}).map(|$r, $k| {{
-    id: type::record('run_ref', $r.run_id), agent_id: $r.agent_id, seq: $bb{i} + $k + 1,
-    tenant: $r.tenant }}) RETURN NONE;
+  INSERT INTO run array::slice($br{i}, 0, $bn{i}).map(|$x, $k| object::extend($x.run, {{
+    id: type::record('run', [$b{i}.agent_id, $bb{i} + $k + 1]), seq: $bb{i} + $k + 1 }})) RETURN NONE;
+  INSERT INTO run_ref array::slice($br{i}, 0, $bn{i}).map(|$x, $k| object::extend($x.by_id, {{
+    seq: $bb{i} + $k + 1 }})) RETURN NONE;
 }};
 "
         );

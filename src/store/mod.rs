@@ -71,6 +71,11 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Attempts at a statement that lost a write race to another transaction, after the first.
 const CONFLICT_RETRIES: usize = 50;
 
+/// Variables bound as SurrealDB's own values (record ids, datetimes) rather than as JSON: a
+/// statement can store such rows as they are, where JSON rows need an expression per field to
+/// make their ids and datetimes, and each expression costs SurrealDB more than the write.
+type Native = surrealdb::types::Object;
+
 fn classify(e: surrealdb::Error) -> StoreError {
     if e.is_connection() {
         StoreError::Unavailable(e.to_string())
@@ -250,13 +255,24 @@ impl Store {
 
     /// Runs a query with bound variables and returns every statement's rows as JSON.
     async fn run(&self, sql: &str, vars: Value) -> Result<Vec<Vec<Value>>> {
+        self.run_native(sql, vars, Native::new()).await
+    }
+
+    /// [`Store::run`] with `native` bound beside `vars`.
+    async fn run_native(&self, sql: &str, vars: Value, native: Native) -> Result<Vec<Vec<Value>>> {
         if self.health.down.load(Ordering::Relaxed) {
             return Err(StoreError::Unavailable(
                 "the database is unreachable; waiting for it to return".into(),
             ));
         }
         let call = async {
-            let mut response = self.db.query(sql).bind(vars).await.map_err(classify)?;
+            let mut response = self
+                .db
+                .query(sql)
+                .bind(vars)
+                .bind(native)
+                .await
+                .map_err(classify)?;
             let n = response.num_statements();
             let mut out = Vec::with_capacity(n);
             let mut errors = Vec::new();
@@ -333,13 +349,23 @@ impl Store {
     /// Runs `sql` again while it loses write races (optimistic transactions), after short
     /// jittered pauses that grow with each attempt.
     async fn run_retrying(&self, sql: &str, vars: Value) -> Result<Vec<Vec<Value>>> {
+        self.run_retrying_native(sql, vars, Native::new()).await
+    }
+
+    /// [`Store::run_retrying`] with `native` bound beside `vars`.
+    async fn run_retrying_native(
+        &self,
+        sql: &str,
+        vars: Value,
+        native: Native,
+    ) -> Result<Vec<Vec<Value>>> {
         let pauses = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(1))
             .with_factor(1.5)
             .with_max_delay(Duration::from_millis(50))
             .with_jitter()
             .with_max_times(CONFLICT_RETRIES);
-        (|| self.run(sql, vars.clone()))
+        (|| self.run_native(sql, vars.clone(), native.clone()))
             .retry(pauses)
             .sleep(tokio::time::sleep)
             .when(|e| matches!(e, StoreError::Conflict(_)))
