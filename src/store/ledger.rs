@@ -408,20 +408,19 @@ impl Store {
                       WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN VALUE reserved_runs)) > 0; \
                     LET $seq = IF $ok { (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
                       created_at = created_at ?? time::now(), run_seq += 1 RETURN VALUE run_seq)[0] } ELSE { NONE }; \
-                    IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT { run_id: $r.run_id, seq: $seq, \
-                      tenant: $r.tenant, agent: $r.agent, agent_id: $r.agent_id, status: $r.status, input: $r.input, \
-                      started_at: <datetime>$r.started_at, tokens_used: 0, instance: $instance, \
-                      deadline: <option<datetime>>($r.deadline ?? NONE), \
-                      agent_version: $r.agent_version ?? NONE } RETURN NONE; \
-                      CREATE type::record('run_ref', $r.run_id) SET agent_id = $r.agent_id, seq = $seq, \
-                        tenant = $r.tenant RETURN NONE; }; \
+                    IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT object::extend($row.run, { seq: $seq }) \
+                      RETURN NONE; \
+                      INSERT INTO run_ref object::extend($row.by_id, { seq: $seq }) RETURN NONE; }; \
                     RETURN $seq; \
                     COMMIT;";
                 let vars = json!({
-                    "r": run, "key": r.period_key, "start": period.start.date_naive().to_string(),
-                    "qr": quota_runs, "qt": quota_tokens, "instance": &*self.instance,
+                    "r": {"tenant": run.tenant, "agent": run.agent, "agent_id": run.agent_id},
+                    "key": r.period_key, "start": period.start.date_naive().to_string(),
+                    "qr": quota_runs, "qt": quota_tokens,
                 });
-                let out = self.run_retrying(sql, vars).await?;
+                let mut native = Native::new();
+                native.insert("row", begin_row(run, &self.instance));
+                let out = self.run_retrying_native(sql, vars, native).await?;
                 // The last statement's value: the run's number, or nothing when refused.
                 Ok(Outcome::Begin(out.iter().rev().find_map(
                     |rows| match rows.as_slice() {
@@ -438,17 +437,14 @@ impl Store {
                 let sql = format!(
                     "BEGIN; \
                     LET $hooks_any = {HOOKED}; \
-                    LET $done = (UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = $r.status, \
-                      output = $r.output ?? NONE, error = $r.error ?? NONE, \
-                      finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
-                      tokens_used = $r.tokens_used WHERE status = 'running' RETURN VALUE run_id); \
+                    LET $done = (UPDATE $r.rid MERGE $r.patch WHERE status = 'running' RETURN VALUE run_id); \
                     IF array::len($done) > 0 {{ \
-                      {STEPS} \
+                      FOR $e IN $r.steps {{ UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; }}; \
                       UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used RETURN NONE; \
                       UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
-                      UPSERT type::record('agent_state', $r.agent_id) SET tenant = $tenant, name = $r.agent, \
-                        created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $completed, \
-                        last_run = <datetime>$r.started_at RETURN NONE; \
+                      UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
+                        created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $r.completed, \
+                        last_run = $r.started_at RETURN NONE; \
                       IF $hooks_any {{ {} }}; \
                     }}; \
                     RETURN {{ now: array::len($done) > 0, webhooks: $hooks_any }}; \
@@ -456,12 +452,13 @@ impl Store {
                     outbox("$tenant", "$r.run_id", "$r.status")
                 );
                 let vars = json!({
-                    "r": run, "period": reservation.period_key, "day": reservation.day_key,
+                    "period": reservation.period_key, "day": reservation.day_key,
                     "tenant": reservation.tenant, "date": reservation.date,
-                    "completed": u64::from(run.status == RunStatus::Completed), "steps": steps,
-                    "hooked": [reservation.tenant],
+                    "agent_id": run.agent_id, "agent": run.agent, "hooked": [reservation.tenant],
                 });
-                let answer = self.run_retrying(&sql, vars).await?;
+                let mut native = Native::new();
+                native.insert("r", settle_row(run, steps));
+                let answer = self.run_retrying_native(&sql, vars, native).await?;
                 let answer = answer.iter().rev().find_map(|rows| rows.first());
                 let flag = |name: &str| answer.and_then(|a| a[name].as_bool()).unwrap_or(false);
                 Ok(Outcome::Settle(Settled {
