@@ -42,6 +42,9 @@ pub struct OpenAiProvider {
     name: String,
     /// The chat-completions endpoint.
     url: String,
+    /// `url` parsed once (given as text, every request would parse it again); `None` when it
+    /// does not parse, and each call then fails on it as it would anyway.
+    parsed: Option<reqwest::Url>,
     api_key: Option<Secret>,
     client: reqwest::Client,
     first_pause: Duration,
@@ -309,9 +312,11 @@ impl OpenAiProvider {
                 None
             }
         });
+        let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
         OpenAiProvider {
             name: name.to_string(),
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            parsed: reqwest::Url::parse(&url).ok(),
+            url,
             api_key,
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
@@ -353,11 +358,11 @@ impl OpenAiProvider {
     /// One attempt: the response if it succeeded.
     async fn attempt(&self, attempt: u32, body: Vec<u8>) -> Result<reqwest::Response, Failed> {
         let started = Instant::now();
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
+        let req = match &self.parsed {
+            Some(url) => self.client.post(url.clone()),
+            None => self.client.post(&self.url),
+        };
+        let mut req = req.header(CONTENT_TYPE, "application/json").body(body);
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key.expose());
         }
