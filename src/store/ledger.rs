@@ -384,8 +384,9 @@ impl Store {
         }
     }
 
-    /// Writes one op in its own transaction, with statements made for one (cheaper than a
-    /// batch's loops over one item; same effects).
+    /// Writes one op in its own transaction: a run's start or settlement with statements made
+    /// for one (cheaper than a batch's loops over one item; same effects), a chat by the
+    /// batch's script.
     async fn write_one(&self, op: &Op) -> Result<Outcome> {
         match op {
             // A batch of one: its chat is bound natively, which a statement made for one
@@ -545,7 +546,6 @@ impl Store {
         }
 
         let mut vars = Map::new();
-        vars.insert("instance".into(), json!(&*self.instance));
         let hooked: std::collections::BTreeSet<&str> = ops
             .iter()
             .filter_map(|op| match op {
