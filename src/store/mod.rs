@@ -12,6 +12,8 @@ mod ledger;
 pub use ledger::Settled;
 mod lifecycle;
 mod migrations;
+/// The schema, for tools that time statements against it (`bench/statements.rs`).
+pub use migrations::MIGRATIONS;
 mod records;
 mod retention;
 mod runs;

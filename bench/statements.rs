@@ -1,0 +1,122 @@
+//! Times single SurrealQL statements of the request path against `ares`'s own schema, to find
+//! what a transaction's time is made of: counter updates, record writes, and rows bound as JSON
+//! and rebuilt by the query against rows bound as SurrealDB's own values.
+//!
+//! `cargo run --release --example bench_statements -- [mem:// | surrealkv://DIR] [N] [FILTER]`
+//! (each statement run N times after N/5 unmeasured ones; only names containing FILTER).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use surrealdb::types::{Array, Datetime, Object, RecordId, Value};
+
+/// The server's allocator (`src/main.rs`), so statements are timed as it runs them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Eight chats as rows bound natively (record id and datetime made here).
+fn native_chats() -> Value {
+    let rows: Vec<Value> = (0..8)
+        .map(|_| {
+            let mut row = BTreeMap::<String, Value>::new();
+            let id = uuid::Uuid::now_v7().to_string();
+            row.insert("id".into(), Value::RecordId(RecordId::new("chat", id)));
+            row.insert("tenant".into(), Value::String("t".into()));
+            row.insert("model".into(), Value::String("m".into()));
+            row.insert("finish_reason".into(), Value::String("stop".into()));
+            row.insert("tokens_used".into(), Value::Number(5.into()));
+            row.insert("created_at".into(), Value::Datetime(Datetime::now()));
+            Value::Object(Object::from(row))
+        })
+        .collect();
+    Value::Array(Array::from(rows))
+}
+
+/// The same eight chats as JSON, as the batches bound them before.
+fn json_chats() -> serde_json::Value {
+    (0..8)
+        .map(|_| {
+            json!({"id": uuid::Uuid::now_v7().to_string(), "tenant": "t", "model": "m",
+                "finish_reason": "stop", "tokens_used": 5, "created_at": chrono::Utc::now()})
+        })
+        .collect()
+}
+
+fn p50(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e6
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let url = args.get(1).cloned().unwrap_or_else(|| "mem://".into());
+    let n: usize = args.get(2).map_or(Ok(2000), |s| s.parse())?;
+    let filter = args.get(3).cloned().unwrap_or_default();
+    let db = surrealdb::engine::any::connect(url.as_str()).await?;
+    db.use_ns("bench").use_db("bench").await?;
+    for (_, sql) in ares::store::MIGRATIONS {
+        db.query(*sql).await?.check()?;
+    }
+    db.query(
+        "CREATE usage_period:p SET tenant = 't', start = 's'; \
+         CREATE usage_daily:d SET tenant = 't', date = 'd'; \
+         CREATE agent_state:a SET tenant = 't', name = 'a', created_at = time::now();",
+    )
+    .await?
+    .check()?;
+    let run = "{ run_id: <string> rand::uuid::v7(), seq: $n, tenant: 't', agent: 'a', agent_id: 'a', \
+        status: 'running', input: { message: 'hello', context: { amount: 1 } }, \
+        started_at: time::now(), tokens_used: 0, instance: 'i', deadline: time::now(), agent_version: 'v' }";
+    let create_run = format!(
+        "LET $n = rand::int(1, 1000000000); CREATE type::record('run', ['a', $n]) CONTENT {run} RETURN NONE;"
+    );
+    let cases: Vec<(&str, String)> = vec![
+        ("RETURN 1", "RETURN 1;".into()),
+        ("ten LET statements", "LET $a = 1; ".repeat(10) + "RETURN 1;"),
+        ("UPDATE a counter row", "UPDATE usage_period:p SET runs += 1, reserved_runs -= 1, tokens += 3 RETURN NONE;".into()),
+        ("UPSERT a counter row", "UPSERT usage_daily:d SET tenant = 't', date = 'd', runs += 1, tokens += 3 RETURN NONE;".into()),
+        ("reserve a run (conditional UPDATE)", "RETURN array::len((UPDATE usage_period:p SET reserved_runs += 1 \
+            WHERE runs + reserved_runs < 100000000 AND tokens < 100000000000 RETURN VALUE reserved_runs)) > 0;".into()),
+        ("UPSERT agent_state run_seq", "UPSERT agent_state:a SET tenant = 't', name = 'a', \
+            created_at = created_at ?? time::now(), run_seq += 1 RETURN VALUE run_seq;".into()),
+        ("UPDATE agent_state run_seq", "UPDATE agent_state:a SET run_seq += 1 RETURN VALUE run_seq;".into()),
+        ("CREATE a run record", create_run.clone()),
+        ("CREATE a run record, then settle it", format!("{create_run} UPDATE type::record('run', ['a', $n]) \
+            SET status = 'completed', output = {{ response: 'ok' }}, finished_at = time::now(), duration_ms = 3, \
+            tokens_used = 5 WHERE status = 'running' RETURN NONE;")),
+        ("read a record's field", "RETURN usage_period:p.runs;".into()),
+        ("any webhook endpoint of a tenant", "RETURN array::len((SELECT VALUE webhook_id FROM webhook \
+            WHERE tenant IN ['t'] LIMIT 1)) > 0;".into()),
+        ("8 chats from JSON rebuilt by .map()", "BEGIN; INSERT IGNORE INTO chat $json.map(|$c| { \
+            id: type::record('chat', $c.id), tenant: $c.tenant, model: $c.model, finish_reason: $c.finish_reason, \
+            tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at }) RETURN NONE; COMMIT;".into()),
+        ("8 chats bound natively", "BEGIN; INSERT IGNORE INTO chat $native RETURN NONE; COMMIT;".into()),
+    ];
+    println!("store: {url}; p50 of {n} runs of each statement, in microseconds");
+    for (name, sql) in cases {
+        if !name.contains(filter.as_str()) {
+            continue;
+        }
+        let mut times = Vec::with_capacity(n);
+        for i in 0..n + n / 5 {
+            // Rows are made and bound inside the timing: converting JSON is part of what the
+            // JSON form costs.
+            let t = Instant::now();
+            let mut query = db.query(sql.as_str());
+            if sql.contains("$json") {
+                query = query.bind(("json", json_chats()));
+            }
+            if sql.contains("$native") {
+                query = query.bind(("native", native_chats()));
+            }
+            query.await?.check()?;
+            if i >= n / 5 {
+                times.push(t.elapsed());
+            }
+        }
+        println!("{:>9.1}  {name}", p50(times));
+    }
+    Ok(())
+}
