@@ -205,8 +205,8 @@ impl StoreError {
     }
 }
 
-/// The statement that writes a settling run's steps not yet written (`$steps`, `{n, step}`).
-const STEPS: &str = "FOR $e IN $steps { UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; };";
+/// The statement that writes a settling run's steps not yet written (`$r.steps`, `{n, step}`).
+const STEPS: &str = "FOR $e IN $r.steps { UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; };";
 
 /// Where an op's answer is in the transaction's result.
 enum Slot {
@@ -440,7 +440,7 @@ impl Store {
                     LET $hooks_any = {HOOKED}; \
                     LET $done = (UPDATE $r.rid MERGE $r.patch WHERE status = 'running' RETURN VALUE run_id); \
                     IF array::len($done) > 0 {{ \
-                      FOR $e IN $r.steps {{ UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; }}; \
+                      {STEPS} \
                       UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used RETURN NONE; \
                       UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
                       UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
@@ -629,7 +629,7 @@ IF array::len($cn{i}) > 0 {{
             "LET $sd{i} = $sr{i}.filter(|$r| $r.rid.status = 'running');
 FOR $r IN $sd{i} {{
   UPDATE $r.rid MERGE $r.patch RETURN NONE;
-  FOR $e IN $r.steps {{ UPSERT type::record('run_event', [$r.run_id, $e.n]) SET step = $e.step RETURN NONE; }};
+  {STEPS}
   IF $hooks_any {{ {outbox} }};
 }};
 IF array::len($sd{i}) > 0 {{
@@ -746,10 +746,12 @@ impl Store {
                 )));
             }
         }
+        let mut r = json!(run);
+        r["steps"] = Value::Array(steps);
         let vars = json!({
-            "r": run, "period": reservation.period_key, "day": reservation.day_key,
+            "r": r, "period": reservation.period_key, "day": reservation.day_key,
             "tenant": reservation.tenant, "date": reservation.date,
-            "completed": u64::from(run.status == RunStatus::Completed), "steps": steps,
+            "completed": u64::from(run.status == RunStatus::Completed),
         });
         // Failed as interrupted meanwhile (already counted as a run): the real outcome and
         // its tokens replace the interruption, once.
