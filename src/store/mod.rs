@@ -120,6 +120,15 @@ fn background_runtime() -> Result<&'static tokio::runtime::Handle> {
     }
 }
 
+/// How an embedded engine is opened: as by default, but without live-query notifications,
+/// which `ares` never subscribes to and which would cost every writing statement a task that
+/// forwards its (absent) notifications.
+fn embedded_config() -> surrealdb::opt::Config {
+    surrealdb::opt::Config::new().capabilities(
+        surrealdb::opt::capabilities::Capabilities::new().with_live_query_notifications(false),
+    )
+}
+
 /// The store's runtime, once an embedded engine was opened. A static is never dropped: a
 /// runtime must not be dropped inside async code.
 static BACKGROUND: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> =
@@ -182,7 +191,9 @@ impl Store {
             // compactions) then never hold a request thread.
             let handle = background_runtime()?;
             handle
-                .spawn(async move { surrealdb::engine::any::connect(url.as_str()).await })
+                .spawn(
+                    async move { surrealdb::engine::any::connect((url, embedded_config())).await },
+                )
                 .await
                 .map_err(|e| StoreError::Internal(anyhow::anyhow!("opening the store: {e}")))?
                 .map_err(classify)?
