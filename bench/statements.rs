@@ -59,6 +59,17 @@ async fn main() -> anyhow::Result<()> {
     for (_, sql) in ares::store::MIGRATIONS {
         db.query(*sql).await?.check()?;
     }
+    // `run_plain`: the `run` table's fields without its indexes, to see what they cost.
+    let plain: String = ares::store::MIGRATIONS
+        .iter()
+        .flat_map(|(_, sql)| sql.lines())
+        .filter(|l| l.starts_with("DEFINE FIELD") && l.contains(" ON run "))
+        .map(|l| l.replace(" ON run ", " ON run_plain "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    db.query(format!("DEFINE TABLE run_plain SCHEMAFULL;\n{plain}"))
+        .await?
+        .check()?;
     db.query(
         "CREATE usage_period:p SET tenant = 't', start = 's'; \
          CREATE usage_daily:d SET tenant = 't', date = 'd'; \
@@ -71,6 +82,11 @@ async fn main() -> anyhow::Result<()> {
         started_at: time::now(), tokens_used: 0, instance: 'i', deadline: time::now(), agent_version: 'v' }";
     let create_run = format!(
         "LET $n = rand::int(1, 1000000000); CREATE type::record('run', ['a', $n]) CONTENT {run} RETURN NONE;"
+    );
+    let create8 = format!(
+        "LET $n = 1; LET $keys = array::map([1, 2, 3, 4, 5, 6, 7, 8], |$i| <string> rand::uuid::v7()); \
+         LET $ids = $keys.map(|$k| type::record('run', [$k, 1])); \
+         INSERT INTO run $ids.map(|$id| object::extend({run}, {{ id: $id }})) RETURN NONE;"
     );
     let cases: Vec<(&str, String)> = vec![
         ("RETURN 1", "RETURN 1;".into()),
@@ -86,6 +102,20 @@ async fn main() -> anyhow::Result<()> {
         ("CREATE a run record, then settle it", format!("{create_run} UPDATE type::record('run', ['a', $n]) \
             SET status = 'completed', output = {{ response: 'ok' }}, finished_at = time::now(), duration_ms = 3, \
             tokens_used = 5 WHERE status = 'running' RETURN NONE;")),
+        ("CREATE a run record (no indexes)", create_run.replace("'run'", "'run_plain'")),
+        ("CREATE a run record, then settle it (no indexes)", format!("{create_run} UPDATE type::record('run', ['a', $n]) \
+            SET status = 'completed', output = {{ response: 'ok' }}, finished_at = time::now(), duration_ms = 3, \
+            tokens_used = 5 WHERE status = 'running' RETURN NONE;").replace("'run'", "'run_plain'")),
+        ("8 runs created", create8.clone()),
+        ("8 runs created (no indexes)", create8.replace("'run'", "'run_plain'").replace("INTO run ", "INTO run_plain ")),
+        ("8 runs created, then settled: read, then merged", format!("{create8} \
+            LET $sd = $ids.filter(|$r| $r.status = 'running'); \
+            FOR $r IN $sd {{ UPDATE $r MERGE {{ status: 'completed', tokens_used: 5 }} RETURN NONE; }}; \
+            RETURN array::len($sd);")),
+        ("8 runs created, then settled: merged where running", format!("{create8} \
+            LET $sd = $ids.filter(|$r| array::len((UPDATE $r MERGE {{ status: 'completed', tokens_used: 5 }} \
+              WHERE status = 'running' RETURN VALUE run_id)) > 0); \
+            RETURN array::len($sd);")),
         ("read a record's field", "RETURN usage_period:p.runs;".into()),
         ("any webhook endpoint of a tenant", "RETURN array::len((SELECT VALUE webhook_id FROM webhook \
             WHERE tenant IN ['t'] LIMIT 1)) > 0;".into()),
