@@ -61,6 +61,73 @@ struct PeriodRow {
     reserved_runs: i64,
 }
 
+/// What settlements counted for an agent (`agent_settled`).
+#[derive(Deserialize)]
+struct SettledAgentRow {
+    agent_id: String,
+    tenant: String,
+    #[serde(default)]
+    total_runs: u64,
+    #[serde(default)]
+    completed_runs: u64,
+}
+
+/// Periods as both rows count them: runs started and tokens on `usage_period`, runs settled and
+/// tokens on `usage_settled` (before version 9 of the schema, and on instances of the previous
+/// version, settlements moved a run from `reserved_runs` to `runs` on the first row). A period's
+/// runs are those settled on either row, its tokens the sum of both, and its reservations the
+/// runs started but not settled.
+fn with_settled(periods: Vec<PeriodRow>, settled: Vec<PeriodRow>) -> Vec<PeriodRow> {
+    let mut all: BTreeMap<(String, String), PeriodRow> = periods
+        .into_iter()
+        .map(|p| ((p.tenant.clone(), p.start.clone()), p))
+        .collect();
+    for s in settled {
+        let p = all
+            .entry((s.tenant.clone(), s.start.clone()))
+            .or_insert_with(|| PeriodRow {
+                tenant: s.tenant.clone(),
+                start: s.start.clone(),
+                runs: 0,
+                tokens: 0,
+                reserved_runs: 0,
+            });
+        p.runs += s.runs;
+        p.tokens += s.tokens;
+        p.reserved_runs -= i64::try_from(s.runs).unwrap_or(i64::MAX);
+    }
+    all.into_values().collect()
+}
+
+/// Adds what settlements counted to each agent's counters; a count for an agent without its
+/// `agent_state` row is a violation (a run's start makes that row).
+fn add_settled(agents: &mut [AgentRow], settled: Vec<SettledAgentRow>) -> Vec<Violation> {
+    let at: std::collections::HashMap<String, usize> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.agent_id.clone(), i))
+        .collect();
+    let mut orphans = Vec::new();
+    for s in settled {
+        match at.get(&s.agent_id) {
+            Some(&i) => {
+                let a = &mut agents[i];
+                a.total_runs += s.total_runs;
+                a.completed_runs += s.completed_runs;
+            }
+            None => orphans.push(Violation {
+                invariant: "agent_counters",
+                subject: format!("agent {} of tenant {}", s.agent_id, s.tenant),
+                message: format!(
+                    "{} settled runs are counted for an agent that has no counters",
+                    s.total_runs
+                ),
+            }),
+        }
+    }
+    orphans
+}
+
 #[derive(Deserialize)]
 struct AgentCount {
     agent_id: String,
@@ -121,10 +188,12 @@ impl Store {
               math::sum(tokens_used) AS tokens FROM chat GROUP BY tenant, date; \
             SELECT tenant, date, runs, tokens FROM usage_daily; \
             SELECT tenant, start, runs, tokens, reserved_runs FROM usage_period; \
+            SELECT tenant, start, runs, tokens FROM usage_settled; \
             SELECT agent_id, count() AS n FROM run WHERE status != 'running' GROUP BY agent_id; \
             SELECT agent_id, count() AS n FROM run WHERE status = 'completed' GROUP BY agent_id; \
             SELECT agent_id, math::max(seq) AS n FROM run GROUP BY agent_id; \
             SELECT <string> record::id(id) AS agent_id, tenant, name, total_runs, completed_runs, run_seq FROM agent_state; \
+            SELECT <string> record::id(id) AS agent_id, tenant, total_runs, completed_runs FROM agent_settled; \
             SELECT tenant, started_at FROM run WHERE status = 'running'; \
             SELECT key_id, tenant, type::record('credential', hash).key_id AS credential FROM api_key \
               WHERE revoked_at = NONE; \
@@ -136,15 +205,20 @@ impl Store {
         let chat_days: Vec<DayCount> = decode(next(), "chat totals")?;
         let usage_days: Vec<DayCount> = decode(next(), "usage_daily")?;
         let periods: Vec<PeriodRow> = decode(next(), "usage_period")?;
+        let settled: Vec<PeriodRow> = decode(next(), "usage_settled")?;
         let finished: Vec<AgentCount> = decode(next(), "run counts")?;
         let completed: Vec<AgentCount> = decode(next(), "run counts")?;
         let top_seq: Vec<AgentCount> = decode(next(), "run numbers")?;
-        let agents: Vec<AgentRow> = decode(next(), "agent_state")?;
+        let mut agents: Vec<AgentRow> = decode(next(), "agent_state")?;
+        let agents_settled: Vec<SettledAgentRow> = decode(next(), "agent_settled")?;
         let running: Vec<Running> = decode(next(), "running runs")?;
         let keys: Vec<KeyRow> = decode(next(), "api keys")?;
         let horizon = self.retention_horizon().await?.map(|h| h.date_naive());
+        let periods = with_settled(periods, settled);
+        let orphans = add_settled(&mut agents, agents_settled);
 
         let mut report = CheckReport {
+            violations: orphans,
             runs: run_days.iter().map(|d| d.runs).sum::<u64>() + running.len() as u64,
             chats: chat_days.iter().map(|d| d.runs).sum(),
             periods: periods.len() as u64,

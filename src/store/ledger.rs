@@ -2,13 +2,17 @@
 //! (also of runs failed as interrupted), and their group commit — they wait here, and one worker
 //! per shard writes all that are waiting in one transaction.
 //!
-//! Every such write touches the tenant's `usage_period` row (and a run's `agent_state` row),
-//! so concurrent requests of one tenant would otherwise conflict on those rows and run again
-//! and again. A tenant always lands on the same shard, and a shard writes one transaction at a
-//! time, so within an instance its writes never race each other; instances sharing a database
-//! still can, and a lost race runs the whole transaction again. Nothing waits to fill a batch:
-//! a write to an idle shard is made at once by its caller, and the shard's worker takes
-//! whatever queued meanwhile when it is free, so a busy server writes many per commit.
+//! Run starts write the tenant's `usage_period` row and the agent's `agent_state` row;
+//! settlements and chats write `usage_settled`, `usage_daily` and `agent_settled` (totals are
+//! the sums of both sides). Concurrent requests of one tenant would otherwise conflict on those
+//! rows and run again and again. A tenant's starts always land on the same shard, and its
+//! settlements and chats on another (its two lanes), and a shard writes one transaction at a
+//! time: within an instance its writes never race each other, while a start and a settlement
+//! of one tenant are written side by side (one computes while the other waits for its commit
+//! to reach the disk). Instances sharing a database still can race, and a lost race runs the
+//! whole transaction again. Nothing waits to fill a batch: a write to an idle shard is made at
+//! once by its caller, and the shard's worker takes whatever queued meanwhile when it is free,
+//! so a busy server writes many per commit.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -25,7 +29,8 @@ use super::records::{ChatRecord, Reservation, RunRecord, RunStatus, Step, last_b
 use super::usage::Period;
 use super::{Native, Result, Store, StoreError};
 
-/// Workers per store: tenants are spread over them by a hash of their slug.
+/// Tenants per store are spread over this many shards by a hash of their slug; each shard has
+/// two workers, one for run starts and one for settlements and chats.
 const SHARDS: usize = 4;
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 64;
@@ -73,6 +78,15 @@ impl Op {
             Op::Begin { run, .. } | Op::Settle { run, .. } => &run.tenant,
         }
     }
+
+    /// The lane of its tenant's shard: run starts never write a row that settlements and chats
+    /// write, so the two are written side by side.
+    fn lane(&self) -> usize {
+        match self {
+            Op::Begin { .. } => 0,
+            Op::Chat { .. } | Op::Settle { .. } => 1,
+        }
+    }
 }
 
 /// What a write came to.
@@ -89,7 +103,7 @@ struct Pending {
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
-/// The queues of a store's workers.
+/// The queues of a store's workers: shard `i`'s lanes are `2i` (starts) and `2i + 1`.
 pub(super) struct Ledger {
     shards: Vec<Shard>,
     /// The handle writes go through (one without a ledger).
@@ -108,7 +122,7 @@ impl Ledger {
     /// Starts the workers; they write through `store` (a handle without a ledger) and stop
     /// when the last handle with this ledger is dropped.
     pub(super) fn start(store: &Store) -> Arc<Ledger> {
-        let shards = (0..SHARDS)
+        let shards = (0..SHARDS * 2)
             .map(|_| {
                 let (queue, rx) = mpsc::unbounded_channel();
                 let shard = Shard {
@@ -136,7 +150,7 @@ impl Ledger {
     pub(super) async fn submit(&self, op: Op) -> Result<Outcome> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         op.tenant().hash(&mut hasher);
-        let shard = &self.shards[hasher.finish() as usize % self.shards.len()];
+        let shard = &self.shards[hasher.finish() as usize % SHARDS * 2 + op.lane()];
         if shard.queued.load(Ordering::Acquire) == 0
             && let Ok(_gate) = Arc::clone(&shard.gate).try_lock_owned()
         {
@@ -405,8 +419,9 @@ impl Store {
                 let sql = "BEGIN; \
                     UPSERT type::record('usage_period', $key) SET tenant = $r.tenant, start = $start \
                       WHERE false RETURN NONE; \
+                    LET $spent = type::record('usage_settled', $key).tokens ?? 0; \
                     LET $ok = array::len((UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
-                      WHERE runs + reserved_runs < $qr AND tokens < $qt RETURN VALUE reserved_runs)) > 0; \
+                      WHERE runs + reserved_runs < $qr AND tokens + $spent < $qt RETURN VALUE reserved_runs)) > 0; \
                     LET $seq = IF $ok { (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
                       created_at = created_at ?? time::now(), run_seq += 1 RETURN VALUE run_seq)[0] } ELSE { NONE }; \
                     IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT object::extend($row.run, { seq: $seq }) \
@@ -441,11 +456,11 @@ impl Store {
                     LET $done = (UPDATE $r.rid MERGE $r.patch WHERE status = 'running' RETURN VALUE run_id); \
                     IF array::len($done) > 0 {{ \
                       {STEPS} \
-                      UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1, tokens += $r.tokens_used RETURN NONE; \
+                      UPSERT type::record('usage_settled', $period) SET tenant = $tenant, start = $start, runs += 1, \
+                        tokens += $r.tokens_used RETURN NONE; \
                       UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
-                      UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
-                        created_at = created_at ?? time::now(), total_runs += 1, completed_runs += $r.completed, \
-                        last_run = $r.started_at RETURN NONE; \
+                      UPSERT type::record('agent_settled', $agent_id) SET tenant = $tenant, total_runs += 1, \
+                        completed_runs += $r.completed, last_run = $r.started_at RETURN NONE; \
                       IF $hooks_any {{ {} }}; \
                     }}; \
                     RETURN {{ now: array::len($done) > 0, webhooks: $hooks_any }}; \
@@ -453,9 +468,9 @@ impl Store {
                     outbox("$tenant", "$r.run_id", "$r.status")
                 );
                 let vars = json!({
-                    "period": reservation.period_key, "day": reservation.day_key,
+                    "period": reservation.period_key, "start": reservation.start, "day": reservation.day_key,
                     "tenant": reservation.tenant, "date": reservation.date,
-                    "agent_id": run.agent_id, "agent": run.agent, "hooked": [reservation.tenant],
+                    "agent_id": run.agent_id, "hooked": [reservation.tenant],
                 });
                 let mut native = Native::new();
                 native.insert("r", settle_row(run, steps));
@@ -508,8 +523,8 @@ impl Store {
                     let key = format!("{}\n{}\n{}", r.period_key, r.day_key, run.agent_id);
                     if seen.insert(("run", run.id.as_str())) {
                         let vars = || {
-                            obj(json!({"tenant": r.tenant, "period": r.period_key, "day": r.day_key,
-                                "date": r.date, "agent_id": run.agent_id, "agent": run.agent}))
+                            obj(json!({"tenant": r.tenant, "period": r.period_key, "start": r.start,
+                                "day": r.day_key, "date": r.date, "agent_id": run.agent_id}))
                         };
                         settles.add(key.clone(), vars, settle_row(run, steps));
                     }
@@ -609,7 +624,7 @@ fn script(chats: usize, settles: usize, begins: usize) -> String {
             sql,
             "LET $cn{i} = INSERT IGNORE INTO chat $cr{i} RETURN VALUE tokens_used;
 IF array::len($cn{i}) > 0 {{
-  UPSERT type::record('usage_period', $c{i}.period) SET tenant = $c{i}.tenant, start = $c{i}.start,
+  UPSERT type::record('usage_settled', $c{i}.period) SET tenant = $c{i}.tenant, start = $c{i}.start,
     tokens += math::sum($cn{i}) RETURN NONE;
   UPSERT type::record('usage_daily', $c{i}.day) SET tenant = $c{i}.tenant, date = $c{i}.date,
     tokens += math::sum($cn{i}) RETURN NONE;
@@ -633,13 +648,12 @@ FOR $r IN $sd{i} {{
   IF $hooks_any {{ {outbox} }};
 }};
 IF array::len($sd{i}) > 0 {{
-  UPDATE type::record('usage_period', $s{i}.period) SET runs += array::len($sd{i}),
-    reserved_runs -= array::len($sd{i}), tokens += math::sum($sd{i}.tokens_used) RETURN NONE;
+  UPSERT type::record('usage_settled', $s{i}.period) SET tenant = $s{i}.tenant, start = $s{i}.start,
+    runs += array::len($sd{i}), tokens += math::sum($sd{i}.tokens_used) RETURN NONE;
   UPSERT type::record('usage_daily', $s{i}.day) SET tenant = $s{i}.tenant, date = $s{i}.date,
     runs += array::len($sd{i}), tokens += math::sum($sd{i}.tokens_used) RETURN NONE;
-  UPSERT type::record('agent_state', $s{i}.agent_id) SET tenant = $s{i}.tenant, name = $s{i}.agent,
-    created_at = created_at ?? time::now(), total_runs += array::len($sd{i}),
-    completed_runs += math::sum($sd{i}.completed),
+  UPSERT type::record('agent_settled', $s{i}.agent_id) SET tenant = $s{i}.tenant,
+    total_runs += array::len($sd{i}), completed_runs += math::sum($sd{i}.completed),
     last_run = array::max($sd{i}.started_at) RETURN NONE;
 }};
 "
@@ -652,7 +666,7 @@ IF array::len($sd{i}) > 0 {{
             sql,
             "UPSERT type::record('usage_period', $b{i}.key) SET tenant = $b{i}.tenant, start = $b{i}.start WHERE false RETURN NONE;
 LET $bp{i} = type::record('usage_period', $b{i}.key).{{runs, reserved_runs, tokens}};
-LET $bn{i} = IF $bp{i}.tokens < $b{i}.qt {{
+LET $bn{i} = IF $bp{i}.tokens + (type::record('usage_settled', $b{i}.key).tokens ?? 0) < $b{i}.qt {{
   math::min([array::len($br{i}), math::max([0, $b{i}.qr - $bp{i}.runs - $bp{i}.reserved_runs])]) }} ELSE {{ 0 }};
 LET $bb{i} = type::record('agent_state', $b{i}.agent_id).run_seq ?? 0;
 IF $bn{i} > 0 {{
@@ -749,7 +763,7 @@ impl Store {
         let mut r = json!(run);
         r["steps"] = Value::Array(steps);
         let vars = json!({
-            "r": r, "period": reservation.period_key, "day": reservation.day_key,
+            "r": r, "period": reservation.period_key, "start": reservation.start, "day": reservation.day_key,
             "tenant": reservation.tenant, "date": reservation.date,
             "completed": u64::from(run.status == RunStatus::Completed),
         });
@@ -762,9 +776,9 @@ impl Store {
               finished_at = <option<datetime>>($r.finished_at ?? NONE), duration_ms = $r.duration_ms ?? NONE, \
               tokens_used = $r.tokens_used, reaped = NONE WHERE status = 'failed' AND reaped = true RETURN VALUE run_id); \
             IF array::len($done) > 0 {{ \
-              UPDATE type::record('usage_period', $period) SET tokens += $r.tokens_used; \
+              UPSERT type::record('usage_settled', $period) SET tenant = $tenant, start = $start, tokens += $r.tokens_used; \
               UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, tokens += $r.tokens_used; \
-              UPSERT type::record('agent_state', $r.agent_id) SET completed_runs += $completed; \
+              UPSERT type::record('agent_settled', $r.agent_id) SET tenant = $tenant, completed_runs += $completed; \
               {STEPS} \
               {} \
             }}; \
@@ -805,10 +819,9 @@ impl Store {
               finished_at = time::now(), duration_ms = <int>$duration_ms, reaped = true \
               WHERE status = 'running' RETURN VALUE run_id); \
             IF array::len($done) > 0 {{ \
-              UPDATE type::record('usage_period', $period) SET runs += 1, reserved_runs -= 1; \
+              UPSERT type::record('usage_settled', $period) SET tenant = $tenant, start = $start, runs += 1; \
               UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1; \
-              UPSERT type::record('agent_state', $agent_id) SET tenant = $tenant, name = $agent, \
-                created_at = created_at ?? time::now(), total_runs += 1, \
+              UPSERT type::record('agent_settled', $agent_id) SET tenant = $tenant, total_runs += 1, \
                 last_run = IF last_run = NONE OR last_run < <datetime>$started {{ <datetime>$started }} ELSE {{ last_run }}; \
               {} \
             }}; \
@@ -819,8 +832,8 @@ impl Store {
         let vars = json!({
             "agent_id": run.agent_id, "seq": run.seq, "error": run.reason(now), "run_id": run.run_id,
             "duration_ms": (now - run.started_at).num_milliseconds().max(0),
-            "period": r.period_key, "day": r.day_key, "date": r.date,
-            "tenant": run.tenant, "agent": run.agent, "started": run.started_at,
+            "period": r.period_key, "start": r.start, "day": r.day_key, "date": r.date,
+            "tenant": run.tenant, "started": run.started_at,
         });
         let out = self.run_retrying(&sql, vars).await?;
         let settled = out
@@ -918,15 +931,22 @@ mod tests {
             .unwrap();
     }
 
+    /// The period's runs settled, runs in flight and tokens, as its two rows count them.
     async fn usage_row(store: &super::Store, period: &Period) -> serde_json::Value {
         let key = format!("acme|{}", period.start.date_naive());
         store
             .run(
-                "SELECT runs, reserved_runs, tokens FROM type::record('usage_period', $k)",
+                "LET $p = type::record('usage_period', $k).{runs, reserved_runs, tokens}; \
+                 LET $s = type::record('usage_settled', $k).{runs, tokens}; \
+                 RETURN { runs: ($p.runs ?? 0) + ($s.runs ?? 0), \
+                   reserved_runs: ($p.reserved_runs ?? 0) - ($s.runs ?? 0), \
+                   tokens: ($p.tokens ?? 0) + ($s.tokens ?? 0) };",
                 json!({"k": key}),
             )
             .await
-            .unwrap()[0][0]
+            .unwrap()
+            .pop()
+            .unwrap()[0]
             .clone()
     }
 
@@ -1181,6 +1201,81 @@ mod tests {
             .await
             .unwrap();
         reserved.map(|res| (res, r))
+    }
+
+    /// Before version 9 of the schema (and on an instance of the previous version during a
+    /// rolling upgrade) a settlement counted on the rows a start writes; such counts still
+    /// count, beside the settlements of this version.
+    #[tokio::test]
+    async fn settlements_counted_the_previous_way_still_count() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        let (_, old) = start(&store, &period, "acme", (3, 100)).await.unwrap();
+        let (res, new) = start(&store, &period, "acme", (3, 100)).await.unwrap();
+        // The first settles as the previous version settled a run, with 6 tokens.
+        store
+            .run(
+                "BEGIN; \
+                 UPDATE type::record('run', [$r.agent_id, $r.seq]) SET status = 'completed', \
+                   output = { response: 'ok' }, finished_at = time::now(), duration_ms = 1, tokens_used = 6; \
+                 UPDATE type::record('usage_period', $res.period_key) SET runs += 1, reserved_runs -= 1, tokens += 6; \
+                 UPSERT type::record('usage_daily', $res.day_key) SET tenant = 'acme', date = $res.date, \
+                   runs += 1, tokens += 6; \
+                 UPDATE type::record('agent_state', $r.agent_id) SET total_runs += 1, completed_runs += 1, \
+                   last_run = <datetime>$r.started_at; \
+                 COMMIT;",
+                json!({"r": old, "res": {"period_key": res.period_key, "day_key": res.day_key, "date": res.date}}),
+            )
+            .await
+            .unwrap();
+        // The second settles as this version does, with 4.
+        assert!(
+            store
+                .finish_run(&res, &finished(new, 4), &[])
+                .await
+                .unwrap()
+                .now
+        );
+
+        assert_eq!(
+            usage_row(&store, &period).await,
+            json!({"runs": 2, "reserved_runs": 0, "tokens": 10})
+        );
+        let report = store.check(1).await.unwrap();
+        assert_eq!(report.violations, [], "{:?}", report.violations);
+        let state = store
+            .agent_states("acme", &[("acme-echo".into(), "echo".into())])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (state.total_runs, state.completed_runs, state.run_seq),
+            (2, 2, 2)
+        );
+        // Both runs and both sets of tokens count against the quotas.
+        assert!(!store.tokens_left("acme", &period, 10).await.unwrap());
+        assert!(store.tokens_left("acme", &period, 11).await.unwrap());
+        assert!(
+            start(&store, &period, "acme", (3, 10)).await.is_none(),
+            "10 tokens spent"
+        );
+        assert!(start(&store, &period, "acme", (3, 11)).await.is_some());
+        assert!(
+            start(&store, &period, "acme", (3, 11)).await.is_none(),
+            "3 runs started"
+        );
+        // Authentication reads the period's tokens with the tenant, from both rows.
+        let (_, key) = store
+            .create_tenant("acme", "Acme", 3, 11, None, "k")
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, tenant) = store
+            .authenticate(&key.secret, period.start.date_naive(), Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tenant.period_tokens, Some(10));
     }
 
     #[tokio::test]

@@ -237,6 +237,27 @@ FOR $k IN (SELECT hash, revoked_at FROM api_key WHERE revoked_at != NONE) {
 };
 "#,
     ),
+    (
+        9,
+        r#"
+-- A run's start and its settlement write different rows, so that the two need not wait for
+-- each other. Starts keep `usage_period.reserved_runs` (now only ever added to: with `runs` it
+-- counts the period's runs started) and `agent_state.run_seq`; settlements and chats count
+-- into these two tables. Totals are the sums of both sides, so rows written before this
+-- version, and by instances of the previous version, still count.
+DEFINE TABLE IF NOT EXISTS usage_settled SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS tenant ON usage_settled TYPE string;
+DEFINE FIELD IF NOT EXISTS start ON usage_settled TYPE string;
+DEFINE FIELD IF NOT EXISTS runs ON usage_settled TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS tokens ON usage_settled TYPE int DEFAULT 0;
+
+DEFINE TABLE IF NOT EXISTS agent_settled SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS tenant ON agent_settled TYPE string;
+DEFINE FIELD IF NOT EXISTS total_runs ON agent_settled TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS completed_runs ON agent_settled TYPE int DEFAULT 0;
+DEFINE FIELD IF NOT EXISTS last_run ON agent_settled TYPE option<datetime>;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.

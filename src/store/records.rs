@@ -149,15 +149,19 @@ pub struct AgentState {
 pub struct Reservation {
     pub tenant: String,
     pub period_key: String,
+    /// The period's first day (`YYYY-MM-DD`).
+    pub start: String,
     pub day_key: String,
     pub date: String,
 }
 
 pub(super) fn reservation(tenant: &str, period: &Period, at: DateTime<Utc>) -> Reservation {
     let date = at.date_naive().to_string();
+    let start = period.start.date_naive().to_string();
     Reservation {
         tenant: tenant.to_string(),
-        period_key: format!("{tenant}|{}", period.start.date_naive()),
+        period_key: format!("{tenant}|{start}"),
+        start,
         day_key: format!("{tenant}|{date}"),
         date,
     }

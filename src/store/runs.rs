@@ -1,11 +1,12 @@
 //! Reads of run history and agent counters: a page of an agent's runs, the counters of agents,
 //! the tokens a tenant has left.
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::records::{AgentState, RunRecord};
 use super::usage::Period;
-use super::{Result, Store};
+use super::{Result, Store, returned};
 
 impl Store {
     /// Whether the tenant may still spend tokens in `period` (chats take no run slot).
@@ -16,14 +17,15 @@ impl Store {
         quota_tokens: u64,
     ) -> Result<bool> {
         let key = format!("{tenant}|{}", period.start.date_naive());
-        let rows: Vec<Value> = self
-            .rows(
-                "SELECT tokens FROM type::record('usage_period', $key)",
+        // Tokens are counted on both rows (see `ledger`).
+        let out = self
+            .run(
+                "RETURN (type::record('usage_period', $key).tokens ?? 0) \
+                   + (type::record('usage_settled', $key).tokens ?? 0);",
                 json!({"key": key}),
-                0,
             )
             .await?;
-        let used = rows.first().and_then(|r| r["tokens"].as_u64()).unwrap_or(0);
+        let used = returned(out).first().and_then(Value::as_u64).unwrap_or(0);
         Ok(used < quota_tokens)
     }
 
@@ -71,23 +73,52 @@ impl Store {
             .map(|(id, name)| json!({"id": id, "name": name}))
             .collect();
         // Usually every agent was seen before: one read, no write transaction.
-        let read = "RETURN $agents.map(|$a| type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq});";
-        let states = super::returned(self.run(read, json!({"agents": list})).await?);
-        if states.iter().all(|s| !s["created_at"].is_null()) {
-            return super::decode_rows(states, "agent_state");
+        let states = super::returned(self.run(AGENT_STATES, json!({"agents": list})).await?);
+        if states.iter().all(|s| !s["state"]["created_at"].is_null()) {
+            return agent_states(states);
         }
         let sql = "FOR $a IN $agents { \
                      IF !record::exists(type::record('agent_state', $a.id)) { \
                        UPSERT type::record('agent_state', $a.id) SET tenant = $tenant, name = $a.name, \
                          created_at = created_at ?? time::now(); \
                      }; \
-                   }; \
-                   RETURN $agents.map(|$a| type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq});";
+                   }; ";
         let out = self
-            .run_retrying(sql, json!({"agents": list, "tenant": tenant}))
+            .run_retrying(
+                &format!("{sql}{AGENT_STATES}"),
+                json!({"agents": list, "tenant": tenant}),
+            )
             .await?;
-        super::decode_returned(out, "agent_state")
+        agent_states(super::returned(out))
     }
+}
+
+/// Each agent of `$agents` as `{state, settled}`: its `agent_state` and `agent_settled` rows.
+const AGENT_STATES: &str = "RETURN $agents.map(|$a| { \
+    state: type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq}, \
+    settled: type::record('agent_settled', $a.id).{total_runs, completed_runs, last_run} });";
+
+/// Agents' counters from [`AGENT_STATES`]' rows: what starts wrote, plus what settlements
+/// counted (before version 9 of the schema, and on instances of the previous version, they
+/// counted on the first row).
+fn agent_states(rows: Vec<Value>) -> Result<Vec<AgentState>> {
+    rows.into_iter()
+        .map(|mut row| {
+            let mut state: AgentState =
+                serde_json::from_value(row["state"].take()).map_err(|e| {
+                    super::StoreError::Internal(anyhow::anyhow!("decoding agent_state: {e}"))
+                })?;
+            let settled = &row["settled"];
+            let n = |name: &str| settled[name].as_u64().unwrap_or(0);
+            state.total_runs += n("total_runs");
+            state.completed_runs += n("completed_runs");
+            let last: Option<DateTime<Utc>> = serde_json::from_value(settled["last_run"].clone())
+                .ok()
+                .flatten();
+            state.last_run = state.last_run.max(last);
+            Ok(state)
+        })
+        .collect()
 }
 
 #[cfg(test)]
