@@ -233,12 +233,14 @@ impl Store {
         period_start: chrono::NaiveDate,
         now: DateTime<Utc>,
     ) -> Result<Option<(KeyAuth, super::Tenant)>> {
-        let sql = "RETURN type::record('api_key', type::record('credential', $hash).key_id).{key_id, revoked_at, expires_at, \
-                   tenant: type::record('tenant', tenant).{slug, name, quota_runs, quota_tokens, rate_limit, created_at}, \
-                   period_tokens: (type::record('usage_period', string::concat(tenant, '|', $start)).tokens ?? 0) \
-                     + (type::record('usage_settled', string::concat(tenant, '|', $start)).tokens ?? 0)}";
+        let sql = format!(
+            "RETURN type::record('api_key', type::record('credential', $hash).key_id).{{key_id, revoked_at, expires_at, \
+             tenant: type::record('tenant', tenant).{{slug, name, quota_runs, quota_tokens, rate_limit, created_at}}, \
+             period_tokens: {}}}",
+            super::usage::period_tokens("string::concat(tenant, '|', $start)")
+        );
         let vars = json!({"hash": hash, "start": period_start.to_string()});
-        let rows: Vec<serde_json::Value> = self.rows(sql, vars, 0).await?;
+        let rows: Vec<serde_json::Value> = self.rows(&sql, vars, 0).await?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None);
         };

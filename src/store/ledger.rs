@@ -342,7 +342,8 @@ fn begin_row(run: &RunRecord, instance: &str) -> NativeValue {
 }
 
 /// A settling run, bound natively: its record (`rid`), what its settlement sets on it
-/// (`patch`), and what the counters, the steps and the outbox read.
+/// (`patch`, whose `status` and `tokens_used` the counters and the outbox read too), and what
+/// else they and the steps read.
 fn settle_row(run: &RunRecord, steps: &[Value]) -> NativeValue {
     let mut patch = Native::new();
     patch.insert("status", run.status.as_str());
@@ -363,8 +364,6 @@ fn settle_row(run: &RunRecord, steps: &[Value]) -> NativeValue {
     row.insert("rid", run_id_native(run));
     row.insert("patch", patch);
     row.insert("run_id", run.id.as_str());
-    row.insert("status", run.status.as_str());
-    row.insert("tokens_used", count(run.tokens_used));
     row.insert("completed", u64::from(run.status == RunStatus::Completed));
     row.insert("started_at", Datetime::from(run.started_at));
     row.insert("steps", Value::Array(steps.to_vec()));
@@ -431,7 +430,7 @@ impl Store {
                     COMMIT;";
                 let vars = json!({
                     "r": {"tenant": run.tenant, "agent": run.agent, "agent_id": run.agent_id},
-                    "key": r.period_key, "start": period.start.date_naive().to_string(),
+                    "key": r.period_key, "start": r.start,
                     "qr": quota_runs, "qt": quota_tokens,
                 });
                 let mut native = Native::new();
@@ -457,15 +456,15 @@ impl Store {
                     IF array::len($done) > 0 {{ \
                       {STEPS} \
                       UPSERT type::record('usage_settled', $period) SET tenant = $tenant, start = $start, runs += 1, \
-                        tokens += $r.tokens_used RETURN NONE; \
-                      UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.tokens_used RETURN NONE; \
+                        tokens += $r.patch.tokens_used RETURN NONE; \
+                      UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.patch.tokens_used RETURN NONE; \
                       UPSERT type::record('agent_settled', $agent_id) SET tenant = $tenant, total_runs += 1, \
                         completed_runs += $r.completed, last_run = $r.started_at RETURN NONE; \
                       IF $hooks_any {{ {} }}; \
                     }}; \
                     RETURN {{ now: array::len($done) > 0, webhooks: $hooks_any }}; \
                     COMMIT;",
-                    outbox("$tenant", "$r.run_id", "$r.status")
+                    outbox("$tenant", "$r.run_id", "$r.patch.status")
                 );
                 let vars = json!({
                     "period": reservation.period_key, "start": reservation.start, "day": reservation.day_key,
@@ -509,7 +508,7 @@ impl Store {
                     if seen.insert(("chat", chat.id.as_str())) {
                         let vars = || {
                             obj(json!({"tenant": chat.tenant, "period": r.period_key, "day": r.day_key,
-                                "date": r.date, "start": period.start.date_naive().to_string()}))
+                                "date": r.date, "start": r.start}))
                         };
                         chats.add(format!("{}\n{}", r.period_key, r.day_key), vars, chat_row(chat));
                     }
@@ -543,7 +542,7 @@ impl Store {
                     let key = format!("{}\n{}", r.period_key, run.agent_id);
                     let vars = || {
                         obj(json!({"tenant": run.tenant, "key": r.period_key, "agent": run.agent,
-                            "agent_id": run.agent_id, "start": period.start.date_naive().to_string(),
+                            "agent_id": run.agent_id, "start": r.start,
                             "qr": quota_runs, "qt": quota_tokens}))
                     };
                     let (group, index) = begins.add(key, vars, begin_row(run, &self.instance));
@@ -638,7 +637,7 @@ IF array::len($cn{i}) > 0 {{
         let _ = writeln!(sql, "LET $hooks_any = {HOOKED};");
     }
     for i in 0..settles {
-        let outbox = outbox(&format!("$s{i}.tenant"), "$r.run_id", "$r.status");
+        let outbox = outbox(&format!("$s{i}.tenant"), "$r.run_id", "$r.patch.status");
         let _ = write!(
             sql,
             "LET $sd{i} = $sr{i}.filter(|$r| $r.rid.status = 'running');
@@ -649,9 +648,9 @@ FOR $r IN $sd{i} {{
 }};
 IF array::len($sd{i}) > 0 {{
   UPSERT type::record('usage_settled', $s{i}.period) SET tenant = $s{i}.tenant, start = $s{i}.start,
-    runs += array::len($sd{i}), tokens += math::sum($sd{i}.tokens_used) RETURN NONE;
+    runs += array::len($sd{i}), tokens += math::sum($sd{i}.patch.tokens_used) RETURN NONE;
   UPSERT type::record('usage_daily', $s{i}.day) SET tenant = $s{i}.tenant, date = $s{i}.date,
-    runs += array::len($sd{i}), tokens += math::sum($sd{i}.tokens_used) RETURN NONE;
+    runs += array::len($sd{i}), tokens += math::sum($sd{i}.patch.tokens_used) RETURN NONE;
   UPSERT type::record('agent_settled', $s{i}.agent_id) SET tenant = $s{i}.tenant,
     total_runs += array::len($sd{i}), completed_runs += math::sum($sd{i}.completed),
     last_run = array::max($sd{i}.started_at) RETURN NONE;
@@ -890,7 +889,7 @@ impl Store {
             let vars = json!({
                 "count": count, "tenant": tenant, "agent": agent, "agent_id": agent_id,
                 "period": r.period_key, "day": r.day_key, "date": r.date,
-                "start": period.start.date_naive().to_string(), "text": text,
+                "start": r.start, "text": text,
             });
             self.run_retrying(sql, vars).await?;
             done += count;

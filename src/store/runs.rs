@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::records::{AgentState, RunRecord};
-use super::usage::Period;
+use super::usage::{Period, period_tokens};
 use super::{Result, Store, returned};
 
 impl Store {
@@ -17,14 +17,8 @@ impl Store {
         quota_tokens: u64,
     ) -> Result<bool> {
         let key = format!("{tenant}|{}", period.start.date_naive());
-        // Tokens are counted on both rows (see `ledger`).
-        let out = self
-            .run(
-                "RETURN (type::record('usage_period', $key).tokens ?? 0) \
-                   + (type::record('usage_settled', $key).tokens ?? 0);",
-                json!({"key": key}),
-            )
-            .await?;
+        let sql = format!("RETURN {};", period_tokens("$key"));
+        let out = self.run(&sql, json!({"key": key})).await?;
         let used = returned(out).first().and_then(Value::as_u64).unwrap_or(0);
         Ok(used < quota_tokens)
     }

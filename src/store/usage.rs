@@ -71,6 +71,15 @@ pub struct Usage {
     pub days: Vec<DayUsage>,
 }
 
+/// The tokens period `key` (a SurrealQL expression giving its row key, `tenant|start`) has
+/// used, as a SurrealQL expression: starts' row and settlements' row both count them (schema
+/// version 9; the ledger's start paths read the first row anyway and add the second).
+pub(super) fn period_tokens(key: &str) -> String {
+    format!(
+        "((type::record('usage_period', {key}).tokens ?? 0) + (type::record('usage_settled', {key}).tokens ?? 0))"
+    )
+}
+
 impl Store {
     /// The tenant's usage in `period` up to `now`: one key lookup per day of the period, never
     /// a scan of history.
