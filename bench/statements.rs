@@ -73,7 +73,9 @@ async fn main() -> anyhow::Result<()> {
     db.query(
         "CREATE usage_period:p SET tenant = 't', start = 's'; \
          CREATE usage_daily:d SET tenant = 't', date = 'd'; \
-         CREATE agent_state:a SET tenant = 't', name = 'a', created_at = time::now();",
+         CREATE agent_state:a SET tenant = 't', name = 'a', created_at = time::now(); \
+         CREATE tenant:t SET slug = 't', name = 't', quota_runs = 1, quota_tokens = 1, created_at = time::now(), \
+           webhook_endpoints = 0;",
     )
     .await?
     .check()?;
@@ -117,8 +119,10 @@ async fn main() -> anyhow::Result<()> {
               WHERE status = 'running' RETURN VALUE run_id)) > 0); \
             RETURN array::len($sd);")),
         ("read a record's field", "RETURN usage_period:p.runs;".into()),
-        ("any webhook endpoint of a tenant", "RETURN array::len((SELECT VALUE webhook_id FROM webhook \
+        ("any webhook endpoint of a tenant, by a query", "RETURN array::len((SELECT VALUE webhook_id FROM webhook \
             WHERE tenant IN ['t'] LIMIT 1)) > 0;".into()),
+        ("any webhook endpoint of a tenant, from its row's count", "RETURN \
+            array::max([tenant:t].webhook_endpoints) > 0;".into()),
         ("8 chats from JSON rebuilt by .map()", "BEGIN; INSERT IGNORE INTO chat $json.map(|$c| { \
             id: type::record('chat', $c.id), tenant: $c.tenant, model: $c.model, finish_reason: $c.finish_reason, \
             tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at }) RETURN NONE; COMMIT;".into()),

@@ -14,7 +14,7 @@ use super::{Result, Store};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
     /// Which invariant: `orphaned_run`, `daily_usage`, `period_usage`, `reservations`,
-    /// `agent_counters`, `key_credentials`.
+    /// `agent_counters`, `key_credentials`, `webhook_endpoints`.
     pub invariant: &'static str,
     /// What it concerns (a run, a tenant's day or period, an agent).
     pub subject: String,
@@ -157,6 +157,14 @@ struct KeyRow {
 }
 
 #[derive(Deserialize)]
+struct EndpointCount {
+    slug: String,
+    /// The count on the tenant's row (none before schema version 10).
+    counted: Option<u64>,
+    endpoints: u64,
+}
+
+#[derive(Deserialize)]
 struct Running {
     tenant: String,
     started_at: DateTime<Utc>,
@@ -197,6 +205,8 @@ impl Store {
             SELECT tenant, started_at FROM run WHERE status = 'running'; \
             SELECT key_id, tenant, type::record('credential', hash).key_id AS credential FROM api_key \
               WHERE revoked_at = NONE; \
+            SELECT slug, webhook_endpoints AS counted, \
+              count(SELECT VALUE webhook_id FROM webhook WHERE tenant = $parent.slug) AS endpoints FROM tenant; \
             COMMIT;";
         // The first result is BEGIN's.
         let mut out = self.run(sql, json!({})).await?.into_iter().skip(1);
@@ -213,6 +223,7 @@ impl Store {
         let agents_settled: Vec<SettledAgentRow> = decode(next(), "agent_settled")?;
         let running: Vec<Running> = decode(next(), "running runs")?;
         let keys: Vec<KeyRow> = decode(next(), "api keys")?;
+        let hooked: Vec<EndpointCount> = decode(next(), "webhook endpoints")?;
         let horizon = self.retention_horizon().await?.map(|h| h.date_naive());
         let periods = with_settled(periods, settled);
         let orphans = add_settled(&mut agents, agents_settled);
@@ -239,6 +250,23 @@ impl Store {
                     },
                 });
             }
+        }
+
+        // Settlements learn from this count whether to write webhook deliveries (a database
+        // before schema version 10 has none, and its settlements query the endpoints).
+        let miscounted = hooked
+            .iter()
+            .filter_map(|t| Some((t, t.counted?)))
+            .filter(|(t, counted)| *counted != t.endpoints);
+        for (t, counted) in miscounted {
+            report.violations.push(Violation {
+                invariant: "webhook_endpoints",
+                subject: format!("tenant {}", t.slug),
+                message: format!(
+                    "its row counts {counted} webhook endpoints, it has {}",
+                    t.endpoints
+                ),
+            });
         }
 
         let now = chrono::Utc::now();
@@ -584,6 +612,10 @@ mod tests {
             description: None,
             created_at: Utc::now(),
         };
+        store
+            .create_tenant("acme", "Acme", 100, 100_000, None, "default")
+            .await
+            .unwrap();
         assert!(store.create_webhook(&hook, "whsec_x", 1).await.unwrap());
         let mut ids = Vec::new();
         for _ in 0..3 {

@@ -258,6 +258,26 @@ DEFINE FIELD IF NOT EXISTS completed_runs ON agent_settled TYPE int DEFAULT 0;
 DEFINE FIELD IF NOT EXISTS last_run ON agent_settled TYPE option<datetime>;
 "#,
     ),
+    (
+        10,
+        r#"
+-- How many webhook endpoints a tenant has, on its row, so that a settlement learns whether to
+-- write deliveries from a record it reads rather than a query. An event keeps it, so it is
+-- right whichever version of `ares` creates or deletes an endpoint. Counting every tenant here
+-- writes every tenant's row, so an endpoint created meanwhile (which writes its tenant's row)
+-- makes one of the two transactions run again.
+DEFINE FIELD IF NOT EXISTS webhook_endpoints ON tenant TYPE int DEFAULT 0;
+DEFINE EVENT IF NOT EXISTS webhook_endpoints ON TABLE webhook WHEN $event IN ['CREATE', 'DELETE'] THEN (
+    UPDATE type::record('tenant', $value.tenant)
+        SET webhook_endpoints = count(SELECT VALUE webhook_id FROM webhook WHERE tenant = $value.tenant)
+        RETURN NONE
+);
+FOR $t IN (SELECT VALUE id FROM tenant) {
+    UPDATE $t SET webhook_endpoints = count(SELECT VALUE webhook_id FROM webhook WHERE tenant = record::id($t))
+        RETURN NONE;
+};
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.
@@ -301,4 +321,71 @@ pub async fn apply(store: &Store) -> Result<()> {
         tracing::info!(version, "database migration applied");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::store::testing::store;
+
+    /// Each tenant's count of webhook endpoints, as its row holds it.
+    async fn counts(store: &crate::store::Store) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = store
+            .rows(
+                "SELECT slug, webhook_endpoints FROM tenant ORDER BY slug",
+                json!({}),
+                0,
+            )
+            .await
+            .unwrap();
+        json!(rows)
+    }
+
+    #[tokio::test]
+    async fn endpoints_are_counted_on_their_tenant_whoever_writes_them() {
+        let store = store().await;
+        for slug in ["acme", "globex"] {
+            store
+                .create_tenant(slug, slug, 10, 1000, None, "default")
+                .await
+                .unwrap();
+        }
+        let endpoint = |id: &str, tenant: &str| {
+            format!(
+                "CREATE webhook:{id} CONTENT {{ webhook_id: '{id}', tenant: '{tenant}', \
+                 url: 'https://example.com/h', events: ['*'], secret: 's', created_at: time::now() }};"
+            )
+        };
+        // Written as any version of `ares` writes them: the event counts them.
+        let sql = [
+            endpoint("a1", "acme"),
+            endpoint("a2", "acme"),
+            endpoint("g1", "globex"),
+        ]
+        .concat();
+        store.run(&sql, json!({})).await.unwrap();
+        store.run("DELETE webhook:g1", json!({})).await.unwrap();
+        let expected = json!([
+            {"slug": "acme", "webhook_endpoints": 2},
+            {"slug": "globex", "webhook_endpoints": 0},
+        ]);
+        assert_eq!(counts(&store).await, expected);
+        let report = store.check(1).await.unwrap();
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+
+        // Endpoints of a database from before version 10 are counted when it is applied.
+        store
+            .run(
+                "UPDATE tenant SET webhook_endpoints = 7; DELETE migration:10;",
+                json!({}),
+            )
+            .await
+            .unwrap();
+        let found: Vec<_> = store.check(1).await.unwrap().violations;
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().all(|v| v.invariant == "webhook_endpoints"));
+        super::apply(&store).await.unwrap();
+        assert_eq!(counts(&store).await, expected);
+    }
 }
