@@ -16,12 +16,12 @@ use surrealdb::types::{Array, Datetime, Object, RecordId, Value};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Eight chats as rows bound natively (record id and datetime made here).
-fn native_chats() -> Value {
+fn native_chats(table: &str) -> Value {
     let rows: Vec<Value> = (0..8)
         .map(|_| {
             let mut row = BTreeMap::<String, Value>::new();
             let id = uuid::Uuid::now_v7().to_string();
-            row.insert("id".into(), Value::RecordId(RecordId::new("chat", id)));
+            row.insert("id".into(), Value::RecordId(RecordId::new(table, id)));
             row.insert("tenant".into(), Value::String("t".into()));
             row.insert("model".into(), Value::String("m".into()));
             row.insert("finish_reason".into(), Value::String("stop".into()));
@@ -59,17 +59,20 @@ async fn main() -> anyhow::Result<()> {
     for (_, sql) in ares::store::MIGRATIONS {
         db.query(*sql).await?.check()?;
     }
-    // `run_plain`: the `run` table's fields without its indexes, to see what they cost.
-    let plain: String = ares::store::MIGRATIONS
-        .iter()
-        .flat_map(|(_, sql)| sql.lines())
-        .filter(|l| l.starts_with("DEFINE FIELD") && l.contains(" ON run "))
-        .map(|l| l.replace(" ON run ", " ON run_plain "))
-        .collect::<Vec<_>>()
-        .join("\n");
-    db.query(format!("DEFINE TABLE run_plain SCHEMAFULL;\n{plain}"))
-        .await?
-        .check()?;
+    // `run_plain` and `chat_plain`: the `run` and `chat` tables' fields without their indexes,
+    // to see what they cost.
+    for table in ["run", "chat"] {
+        let plain: String = ares::store::MIGRATIONS
+            .iter()
+            .flat_map(|(_, sql)| sql.lines())
+            .filter(|l| l.starts_with("DEFINE FIELD") && l.contains(&format!(" ON {table} ")))
+            .map(|l| l.replace(&format!(" ON {table} "), &format!(" ON {table}_plain ")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        db.query(format!("DEFINE TABLE {table}_plain SCHEMAFULL;\n{plain}"))
+            .await?
+            .check()?;
+    }
     db.query(
         "CREATE usage_period:p SET tenant = 't', start = 's'; \
          CREATE usage_daily:d SET tenant = 't', date = 'd'; \
@@ -127,6 +130,8 @@ async fn main() -> anyhow::Result<()> {
             id: type::record('chat', $c.id), tenant: $c.tenant, model: $c.model, finish_reason: $c.finish_reason, \
             tokens_used: $c.tokens_used, created_at: <datetime>$c.created_at }) RETURN NONE; COMMIT;".into()),
         ("8 chats bound natively", "BEGIN; INSERT IGNORE INTO chat $native RETURN NONE; COMMIT;".into()),
+        ("8 chats bound natively (no index)", "BEGIN; INSERT IGNORE INTO chat_plain $plain_chats RETURN NONE; \
+            COMMIT;".into()),
     ];
     println!("store: {url}; p50 of {n} runs of each statement, in microseconds");
     for (name, sql) in cases {
@@ -143,7 +148,10 @@ async fn main() -> anyhow::Result<()> {
                 query = query.bind(("json", json_chats()));
             }
             if sql.contains("$native") {
-                query = query.bind(("native", native_chats()));
+                query = query.bind(("native", native_chats("chat")));
+            }
+            if sql.contains("$plain_chats") {
+                query = query.bind(("plain_chats", native_chats("chat_plain")));
             }
             query.await?.check()?;
             if i >= n / 5 {

@@ -278,6 +278,15 @@ FOR $t IN (SELECT VALUE id FROM tenant) {
 };
 "#,
     ),
+    (
+        11,
+        r#"
+-- Retention finds old chats by their ids (UUIDv7, which sort by time), so `created_at` needs no
+-- index, which every chat written paid for. An instance of the previous version still purges
+-- by `created_at`: reading the table in id order, which finds the old chats first.
+REMOVE INDEX IF EXISTS chat_created ON chat;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded in the `migration` table.
