@@ -87,6 +87,12 @@ async fn main() -> anyhow::Result<()> {
         "CREATE usage_period:p SET tenant = 't', start = 's'; \
          CREATE usage_daily:d SET tenant = 't', date = 'd'; \
          CREATE agent_state:a SET tenant = 't', name = 'a', created_at = time::now(); \
+         CREATE agent_settled:a SET tenant = 't', total_runs = 3; \
+         FOR $i IN 0..20 { \
+           CREATE type::record('agent_state', string::concat('a', $i)) SET tenant = 't', name = 'a', \
+             created_at = time::now(); \
+           CREATE type::record('agent_settled', string::concat('a', $i)) SET tenant = 't', total_runs = 3; \
+         }; \
          CREATE tenant:t SET slug = 't', name = 't', quota_runs = 1, quota_tokens = 1, created_at = time::now(), \
            webhook_endpoints = 0;",
     )
@@ -136,6 +142,26 @@ async fn main() -> anyhow::Result<()> {
               WHERE status = 'running' RETURN VALUE run_id)) > 0); \
             RETURN array::len($sd);")),
         ("read a record's field", "RETURN usage_period:p.runs;".into()),
+        ("closures: 20 numbers mapped", "RETURN [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].map(|$x| $x + 1);".into()),
+        ("closures: 20 numbers mapped with their index", "RETURN [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].map(|$x, $k| $x + $k);".into()),
+        ("closures: 20 objects extended", "RETURN [{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1}].map(|$x, $k| object::extend($x, { b: $k }));".into()),
+        ("closures: 20 objects filtered", "RETURN [{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1}].filter(|$x| $x.a = 1);".into()),
+        ("closures: none, 20 numbers written out", "RETURN [2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21];".into()),
+        ("agent counters: an agent, by .map()", "RETURN [{ id: 'a' }].map(|$a| { \
+            state: type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq}, \
+            settled: type::record('agent_settled', $a.id).{total_runs, completed_runs, last_run} });".into()),
+        ("agent counters: an agent, two SELECTs", "SELECT <string> record::id(id) AS id, created_at, total_runs, \
+            completed_runs, last_run, run_seq, purged_seq FROM [agent_state:a]; \
+            SELECT <string> record::id(id) AS id, total_runs, completed_runs, last_run FROM [agent_settled:a];".into()),
+        ("agent counters: an agent, one object", "RETURN { state: agent_state:a.{created_at, total_runs, completed_runs, \
+            last_run, run_seq, purged_seq}, settled: agent_settled:a.{total_runs, completed_runs, last_run} };".into()),
+        ("agent counters: 20 agents, by .map()", format!("RETURN {}.map(|$a| {{ \
+            state: type::record('agent_state', $a.id).{{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq}}, \
+            settled: type::record('agent_settled', $a.id).{{total_runs, completed_runs, last_run}} }});",
+            serde_json::to_string(&(0..20).map(|i| json!({"id": format!("a{i}")})).collect::<Vec<_>>())?)),
+        ("agent counters: 20 agents, one object each", format!("RETURN [{}];", (0..20).map(|i| format!(
+            "{{ state: agent_state:a{i}.{{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq}}, \
+            settled: agent_settled:a{i}.{{total_runs, completed_runs, last_run}} }}")).collect::<Vec<_>>().join(", "))),
         ("any webhook endpoint of a tenant, by a query", "RETURN array::len((SELECT VALUE webhook_id FROM webhook \
             WHERE tenant IN ['t'] LIMIT 1)) > 0;".into()),
         ("any webhook endpoint of a tenant, from its row's count", "RETURN \
