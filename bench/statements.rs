@@ -137,6 +137,11 @@ async fn main() -> anyhow::Result<()> {
             LET $sd = $ids.filter(|$r| $r.status = 'running'); \
             FOR $r IN $sd {{ UPDATE $r MERGE {{ status: 'completed', tokens_used: 5 }} RETURN NONE; }}; \
             RETURN array::len($sd);")),
+        ("8 runs created, then settled: read written out, then merged", format!("{create8} \
+            LET $sd = array::complement([{}], [NONE]); \
+            FOR $r IN $sd {{ UPDATE $r MERGE {{ status: 'completed', tokens_used: 5 }} RETURN NONE; }}; \
+            RETURN array::len($sd);", (0..8).map(|i| format!("IF $ids[{i}].status = 'running' {{ $ids[{i}] }}"))
+                .collect::<Vec<_>>().join(", "))),
         ("8 runs created, then settled: merged where running", format!("{create8} \
             LET $sd = $ids.filter(|$r| array::len((UPDATE $r MERGE {{ status: 'completed', tokens_used: 5 }} \
               WHERE status = 'running' RETURN VALUE run_id)) > 0); \
