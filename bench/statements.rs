@@ -88,6 +88,10 @@ async fn main() -> anyhow::Result<()> {
          CREATE usage_daily:d SET tenant = 't', date = 'd'; \
          CREATE agent_state:a SET tenant = 't', name = 'a', created_at = time::now(); \
          CREATE agent_settled:a SET tenant = 't', total_runs = 3; \
+         FOR $i IN 0..31 { \
+           CREATE type::record('usage_daily', string::concat('t|', $i)) SET tenant = 't', date = <string> $i, \
+             runs = 1, tokens = 5, api_calls = 2; \
+         }; \
          FOR $i IN 0..20 { \
            CREATE type::record('agent_state', string::concat('a', $i)) SET tenant = 't', name = 'a', \
              created_at = time::now(); \
@@ -152,6 +156,11 @@ async fn main() -> anyhow::Result<()> {
         ("closures: 20 objects extended", "RETURN [{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1}].map(|$x, $k| object::extend($x, { b: $k }));".into()),
         ("closures: 20 objects filtered", "RETURN [{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1},{a:1}].filter(|$x| $x.a = 1);".into()),
         ("closures: none, 20 numbers written out", "RETURN [2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21];".into()),
+        ("days of usage: 31, by .map()", format!("RETURN {}.map(|$k| type::record('usage_daily', $k)\
+            .{{date, runs, tokens, api_calls}}).filter(|$d| $d.date != NONE);",
+            serde_json::to_string(&(0..31).map(|i| format!("t|{i}")).collect::<Vec<_>>())?)),
+        ("days of usage: 31, written out", format!("RETURN [{}];", (0..31)
+            .map(|i| format!("usage_daily:⟨t|{i}⟩.{{date, runs, tokens, api_calls}}")).collect::<Vec<_>>().join(", "))),
         ("agent counters: an agent, by .map()", "RETURN [{ id: 'a' }].map(|$a| { \
             state: type::record('agent_state', $a.id).{created_at, total_runs, completed_runs, last_run, run_seq, purged_seq}, \
             settled: type::record('agent_settled', $a.id).{total_runs, completed_runs, last_run} });".into()),

@@ -406,12 +406,6 @@ impl Store {
     }
 }
 
-/// Decodes the array that a query's last statement returned (a `RETURN $list.map(...)`),
-/// naming `what` in the error.
-fn decode_returned<T: DeserializeOwned>(out: Vec<Vec<Value>>, what: &str) -> Result<Vec<T>> {
-    decode_rows(returned(out), what)
-}
-
 /// The array that a query's last statement returned, as rows.
 fn returned(out: Vec<Vec<Value>>) -> Vec<Value> {
     let mut rows = out.into_iter().last().unwrap_or_default();
