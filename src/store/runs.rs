@@ -63,19 +63,19 @@ impl Store {
         if agents.is_empty() {
             return Ok(Vec::new());
         }
-        let list: Vec<Value> = agents
-            .iter()
-            .map(|(id, name)| json!({"id": id, "name": name}))
-            .collect();
         let read = read_agent_states(agents.len());
         // Usually every agent was seen before: one read, no write transaction.
-        let states = super::returned(
+        let states = returned(
             self.run_native(&read, json!({}), agent_rows(agents))
                 .await?,
         );
         if states.iter().all(|s| !s["state"]["created_at"].is_null()) {
             return agent_states(states);
         }
+        let list: Vec<Value> = agents
+            .iter()
+            .map(|(id, name)| json!({"id": id, "name": name}))
+            .collect();
         let sql = "FOR $a IN $agents { \
                      IF !record::exists(type::record('agent_state', $a.id)) { \
                        UPSERT type::record('agent_state', $a.id) SET tenant = $tenant, name = $a.name, \
@@ -89,7 +89,7 @@ impl Store {
                 agent_rows(agents),
             )
             .await?;
-        agent_states(super::returned(out))
+        agent_states(returned(out))
     }
 }
 
