@@ -113,6 +113,27 @@ async fn main() -> anyhow::Result<()> {
          LET $ids = $keys.map(|$k| type::record('run', [$k, 1])); \
          INSERT INTO run $ids.map(|$id| object::extend({run}, {{ id: $id }})) RETURN NONE;"
     );
+    // Settling runs as the ledger binds them (a record id, a patch), written out.
+    let settling8 = format!(
+        "LET $sr = [{}];",
+        (0..8)
+            .map(|i| format!("{{ rid: $ids[{i}], patch: {{ status: 'completed', tokens_used: 5 }}, completed: 1 }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Runs to start as the ledger binds them (a run record and its `run_ref`, without their
+    // numbers), from a random base number so that each iteration's ids are new.
+    let starting8 = format!(
+        "LET $bb = rand::int(1, 1000000000) * 100; LET $bn = 8; LET $br = [{}];",
+        (0..8)
+            .map(|_| format!(
+                "{{ run: {}, by_id: {{ id: type::record('run_ref', <string> rand::uuid::v7()), \
+                agent_id: 'a', tenant: 't' }} }}",
+                run.replace("seq: $n, ", "")
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let cases: Vec<(&str, String)> = vec![
         ("RETURN 1", "RETURN 1;".into()),
         ("ten LET statements", "LET $a = 1; ".repeat(10) + "RETURN 1;"),
@@ -150,6 +171,25 @@ async fn main() -> anyhow::Result<()> {
             LET $sd = $ids.filter(|$r| array::len((UPDATE $r MERGE {{ status: 'completed', tokens_used: 5 }} \
               WHERE status = 'running' RETURN VALUE run_id)) > 0); \
             RETURN array::len($sd);")),
+        ("8 settling runs: kept running by .filter()", format!("{create8} {settling8} \
+            LET $sd = $sr.filter(|$r| $r.rid.status = 'running'); RETURN array::len($sd);")),
+        ("8 settling runs: kept running by [WHERE]", format!("{create8} {settling8} \
+            LET $sd = $sr[WHERE rid.status = 'running']; RETURN array::len($sd);")),
+        ("8 settling runs: kept running written out", format!("{create8} {settling8} \
+            LET $sd = array::complement([{}], [NONE]); RETURN array::len($sd);", (0..8)
+                .map(|i| format!("IF $sr[{i}].rid.status = 'running' {{ $sr[{i}] }}")).collect::<Vec<_>>().join(", "))),
+        ("8 runs started: numbered by .map()", format!("{starting8} \
+            INSERT INTO run array::slice($br, 0, $bn).map(|$x, $k| object::extend($x.run, {{ \
+              id: type::record('run', ['a', $bb + $k + 1]), seq: $bb + $k + 1 }})) RETURN NONE; \
+            INSERT INTO run_ref array::slice($br, 0, $bn).map(|$x, $k| object::extend($x.by_id, {{ \
+              seq: $bb + $k + 1 }})) RETURN NONE;")),
+        ("8 runs started: numbered written out", format!("{starting8} \
+            INSERT INTO run array::slice([{}], 0, $bn) RETURN NONE; \
+            INSERT INTO run_ref array::slice([{}], 0, $bn) RETURN NONE;",
+            (0..8).map(|k| format!("object::extend($br[{k}].run, {{ id: type::record('run', ['a', $bb + {n}]), seq: $bb + {n} }})", n = k + 1))
+                .collect::<Vec<_>>().join(", "),
+            (0..8).map(|k| format!("object::extend($br[{k}].by_id, {{ seq: $bb + {n} }})", n = k + 1))
+                .collect::<Vec<_>>().join(", "))),
         ("read a record's field", "RETURN usage_period:p.runs;".into()),
         ("closures: 20 numbers mapped", "RETURN [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].map(|$x| $x + 1);".into()),
         ("closures: 20 numbers mapped with their index", "RETURN [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].map(|$x, $k| $x + $k);".into()),

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use surrealdb::types::{Array, RecordId, Value as NativeValue};
 
 use super::usage::Period;
 
@@ -176,4 +177,16 @@ pub(super) fn last_bool(out: &[Vec<Value>]) -> bool {
             _ => None,
         })
         .unwrap_or(false)
+}
+
+/// The record id of the run numbered `seq` among agent `agent_id`'s runs, natively.
+pub(super) fn run_record_id(agent_id: &str, seq: u64) -> RecordId {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    RecordId::new(
+        "run",
+        Array::from(vec![
+            NativeValue::String(agent_id.to_string()),
+            NativeValue::Number(seq.into()),
+        ]),
+    )
 }
