@@ -181,7 +181,7 @@ async fn watch_cancels(engine: Arc<Engine>) {
     let mut streak = FailureStreak::new("looking for cancelled runs");
     loop {
         tick.tick().await;
-        let running = engine.in_flight.ids();
+        let running = engine.in_flight.runs();
         if running.is_empty() {
             continue;
         }

@@ -12,21 +12,28 @@ use tokio_util::sync::CancellationToken;
 use super::error::{EngineError, Result};
 use super::runs::{IdempotencyKey, RunAnswer};
 use super::{ChatOutput, Engine};
-use crate::store::{CancelRequest, Claim, RunRecord, RunStatus, Step, Tenant};
+use crate::store::{CancelRequest, Claim, RunInFlight, RunRecord, RunStatus, Step, Tenant};
 
 /// How often a follower looks for a run's new steps, and an instance for cancels of its runs.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);
 /// How long a cancel request waits for the run to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
-/// The runs this instance is running, each with the token that stops it.
+/// The runs this instance is running (by run id), each with its record's place and the token
+/// that stops it.
 #[derive(Default)]
-pub(crate) struct InFlight(Mutex<HashMap<String, CancellationToken>>);
+pub(crate) struct InFlight(Mutex<HashMap<String, (RunInFlight, CancellationToken)>>);
 
 impl InFlight {
-    pub(crate) fn start(&self, run_id: &str) -> CancellationToken {
+    /// Registers `run`, numbered already.
+    pub(crate) fn start(&self, run: &RunRecord) -> CancellationToken {
         let token = CancellationToken::new();
-        self.lock().insert(run_id.to_string(), token.clone());
+        let key = RunInFlight {
+            run_id: run.id.clone(),
+            agent_id: run.agent_id.clone(),
+            seq: run.seq,
+        };
+        self.lock().insert(run.id.clone(), (key, token.clone()));
         token
     }
 
@@ -36,16 +43,16 @@ impl InFlight {
 
     /// Stops the run, if this instance runs it.
     pub(crate) fn cancel(&self, run_id: &str) {
-        if let Some(token) = self.lock().get(run_id) {
+        if let Some((_, token)) = self.lock().get(run_id) {
             token.cancel();
         }
     }
 
-    pub(crate) fn ids(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+    pub(crate) fn runs(&self) -> Vec<RunInFlight> {
+        self.lock().values().map(|(run, _)| run.clone()).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (RunInFlight, CancellationToken)>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -247,7 +247,7 @@ impl Engine {
         {
             tracing::warn!(run = %run.id, error = %e, "the run's idempotency key does not name it yet");
         }
-        let cancel = self.in_flight.start(&run.id);
+        let cancel = self.in_flight.start(&run);
         let engine = Arc::clone(self);
         let started = run.clone();
         let finishing = tokio::spawn(

@@ -3,8 +3,17 @@
 
 use serde_json::{Value, json};
 
-use super::records::{RunRecord, Step};
-use super::{Result, Store, StoreError};
+use super::records::{RunRecord, Step, run_record_id};
+use super::{Native, Result, Store, StoreError};
+
+/// A run this instance is running, as the watch for cancels reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInFlight {
+    pub run_id: String,
+    /// The run's agent and its number among the agent's runs: its record's id.
+    pub agent_id: String,
+    pub seq: u64,
+}
 
 /// What a cancel request found.
 #[derive(Debug, Clone)]
@@ -74,19 +83,26 @@ impl Store {
         })
     }
 
-    /// Runs of this instance, among `running`, whose cancel was requested.
-    pub async fn cancels_requested(&self, running: &[String]) -> Result<Vec<String>> {
+    /// Runs of this instance, among `running`, whose cancel was requested: one record read
+    /// per run, each named in the query.
+    pub async fn cancels_requested(&self, running: &[RunInFlight]) -> Result<Vec<String>> {
         if running.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = "RETURN $runs.filter(|$id| { \
-                     LET $ref = type::record('run_ref', $id); \
-                     RETURN type::record('run', [$ref.agent_id, $ref.seq]).cancel = true; \
-                   });";
-        let out = self.run(sql, json!({"runs": running})).await?;
-        Ok(super::returned(out)
-            .into_iter()
-            .filter_map(|v| v.as_str().map(String::from))
+        let mut native = Native::new();
+        let mut reads = Vec::with_capacity(running.len());
+        for (i, run) in running.iter().enumerate() {
+            native.insert(format!("r{i}"), run_record_id(&run.agent_id, run.seq));
+            reads.push(format!("$r{i}.cancel"));
+        }
+        let sql = format!("RETURN [{}];", reads.join(", "));
+        let out = self.run_native(&sql, json!({}), native).await?;
+        let flags = super::returned(out);
+        Ok(running
+            .iter()
+            .zip(flags)
+            .filter(|(_, cancel)| cancel.as_bool() == Some(true))
+            .map(|(run, _)| run.run_id.clone())
             .collect())
     }
 }
@@ -104,4 +120,63 @@ fn decode_run(out: Vec<Vec<Value>>) -> Result<Option<RunRecord>> {
     serde_json::from_value(row)
         .map(Some)
         .map_err(|e| StoreError::Internal(anyhow::anyhow!("decoding a run: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::super::Period;
+    use super::super::testing::{run, store};
+    use super::{CancelRequest, RunInFlight};
+
+    #[tokio::test]
+    async fn cancels_are_found_among_the_runs_asked_about_and_only_theirs() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let mut r = run("acme");
+            store
+                .begin_run(&period, 10, 1000, &mut r)
+                .await
+                .unwrap()
+                .unwrap();
+            runs.push(r);
+        }
+        let in_flight: Vec<RunInFlight> = runs
+            .iter()
+            .map(|r| RunInFlight {
+                run_id: r.id.clone(),
+                agent_id: r.agent_id.clone(),
+                seq: r.seq,
+            })
+            .collect();
+        assert_eq!(
+            store.cancels_requested(&in_flight).await.unwrap(),
+            Vec::<String>::new()
+        );
+
+        for i in [0, 2] {
+            let asked = store.request_cancel("acme", &runs[i].id).await.unwrap();
+            assert!(matches!(asked, CancelRequest::Requested(_)), "{asked:?}");
+        }
+        let mut found = store.cancels_requested(&in_flight).await.unwrap();
+        found.sort();
+        let mut want = vec![runs[0].id.clone(), runs[2].id.clone()];
+        want.sort();
+        assert_eq!(found, want);
+        assert_eq!(
+            store.cancels_requested(&in_flight[1..]).await.unwrap(),
+            [runs[2].id.clone()],
+            "only the runs asked about"
+        );
+        // A run whose record is not there (numbered wrongly) is not cancelled.
+        let mut elsewhere = in_flight[0].clone();
+        elsewhere.seq = 99;
+        assert_eq!(
+            store.cancels_requested(&[elsewhere]).await.unwrap(),
+            Vec::<String>::new()
+        );
+    }
 }

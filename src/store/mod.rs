@@ -44,12 +44,12 @@ pub use keys::{
     ApiKey, ChangeSet, KeyAuth, KeyChanges, KeyCreation, NewKey, generate_secret, hash_secret,
     key_prefix,
 };
-pub use lifecycle::CancelRequest;
+pub use lifecycle::{CancelRequest, RunInFlight};
 pub use records::{AgentState, ChatRecord, Reservation, RunRecord, RunStatus, Step, StepKind};
 pub use retention::Purged;
 pub use tenants::{Tenant, TenantPatch};
 pub use usage::{DayUsage, Period, Usage};
-pub use versions::AgentVersion;
+pub use versions::{AgentVersion, Recorded};
 pub use webhooks::{Attempt, Delivery, DeliveryState, EventType, Webhook};
 
 /// What can go wrong in storage, as the API needs to tell it apart.
