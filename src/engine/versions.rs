@@ -15,7 +15,7 @@ use super::{Engine, Listing};
 use crate::agents::{Agent, AgentSet, Catalog, GLOBAL_DIR, load_dir, parse_agent};
 use crate::config::Settings;
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::store::AgentVersion;
+use crate::store::{AgentVersion, Recorded};
 
 /// How long after a failed attempt the served set is recorded again.
 const RECORD_RETRY: Duration = Duration::from_secs(2);
@@ -62,7 +62,7 @@ impl Engine {
     }
 
     /// Records the set in force as the one served now, storing its new versions.
-    pub async fn record_served(&self) -> Result<()> {
+    pub async fn record_served(&self) -> Result<Recorded> {
         let set = self.agents.snapshot();
         let served = served_now(&set, self.clock.now());
         Ok(self.store.record_served(&served, self.clock.now()).await?)
@@ -75,9 +75,16 @@ impl Engine {
         let mut streak = FailureStreak::new("recording the agent versions served");
         loop {
             changes.mark_unchanged();
+            let started = std::time::Instant::now();
             match self.record_served().await {
-                Ok(()) => {
+                Ok(recorded) => {
                     streak.succeeded();
+                    tracing::info!(
+                        changed = recorded.changed,
+                        gone = recorded.gone,
+                        ms = started.elapsed().as_millis() as u64,
+                        "recorded the agent versions served"
+                    );
                     if changes.changed().await.is_err() {
                         return;
                     }

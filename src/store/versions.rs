@@ -23,6 +23,15 @@ pub struct AgentVersion {
     pub first_served_at: DateTime<Utc>,
 }
 
+/// What recording the set served wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Agents served with another version than the one recorded, or none.
+    pub changed: usize,
+    /// Agents recorded as served that no longer are.
+    pub gone: usize,
+}
+
 /// Agents recorded as served in one transaction, at most.
 const RECORD_CHUNK: usize = 250;
 
@@ -30,7 +39,14 @@ impl Store {
     /// Records `served` as the set served now (at `now`): each version not stored yet is
     /// stored, and the served set replaced. Written again whole after a failure (each step is
     /// idempotent), so an interrupted recording is completed by the next.
-    pub async fn record_served(&self, served: &[AgentVersion], now: DateTime<Utc>) -> Result<()> {
+    ///
+    /// Answers how many agents it wrote: served with another version than the one recorded
+    /// (or none), and recorded but no longer served.
+    pub async fn record_served(
+        &self,
+        served: &[AgentVersion],
+        now: DateTime<Utc>,
+    ) -> Result<Recorded> {
         // Only what differs from the set recorded is written: a restart on an unchanged folder
         // writes nothing, and a folder of thousands of agents is written in transactions of
         // [`RECORD_CHUNK`], each well within a call's time limit.
@@ -85,7 +101,10 @@ impl Store {
             )
             .await?;
         }
-        Ok(())
+        Ok(Recorded {
+            changed: changed.len(),
+            gone: gone.len(),
+        })
     }
 
     /// A page of the versions of `owner`'s agent `name` ever served, newest first, and how
@@ -208,7 +227,8 @@ mod tests {
         let mut all: Vec<AgentVersion> = (0..3 * RECORD_CHUNK + 7)
             .map(|i| version("acme", &format!("bot-{i}"), "v1", "p"))
             .collect();
-        store.record_served(&all, at(0)).await.unwrap();
+        let recorded = store.record_served(&all, at(0)).await.unwrap();
+        assert_eq!((recorded.changed, recorded.gone), (all.len(), 0));
         let served_at = || async {
             let rows = store
                 .run(
@@ -222,12 +242,14 @@ mod tests {
         let first = served_at().await;
         assert_eq!(first.len(), all.len());
         // The same set again writes nothing: each agent keeps the time it was first served so.
-        store.record_served(&all, at(10)).await.unwrap();
+        let recorded = store.record_served(&all, at(10)).await.unwrap();
+        assert_eq!((recorded.changed, recorded.gone), (0, 0));
         assert_eq!(served_at().await, first);
         // One changed, one gone: only those are written.
         all[5] = version("acme", "bot-5", "v2", "q");
         let gone = all.pop().unwrap();
-        store.record_served(&all, at(20)).await.unwrap();
+        let recorded = store.record_served(&all, at(20)).await.unwrap();
+        assert_eq!((recorded.changed, recorded.gone), (1, 1));
         let now = served_at().await;
         assert_eq!(now.len(), all.len());
         let changed: Vec<&Value> = now.iter().filter(|r| r[2] != first[0][2]).collect();
