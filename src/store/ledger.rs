@@ -672,25 +672,20 @@ IF array::len($sd{i}) > 0 {{
     }
     for (i, &size) in begins.iter().enumerate() {
         // The group's runs and their references, numbered from the agent's last number; the
-        // first `$bn{i}` of them are stored.
-        let runs = (0..size)
-            .map(|k| {
-                format!(
-                    "object::extend($br{i}[{k}].run, {{ id: type::record('run', [$b{i}.agent_id, $bb{i} + {n}]), seq: $bb{i} + {n} }})",
-                    n = k + 1
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let refs = (0..size)
-            .map(|k| {
-                format!(
-                    "object::extend($br{i}[{k}].by_id, {{ seq: $bb{i} + {n} }})",
-                    n = k + 1
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        // first `$bn{i}` of them are stored. `row(k, n)` writes row `k`, numbered `$bb{i} + n`.
+        let each = |row: &dyn Fn(usize, usize) -> String| {
+            (0..size)
+                .map(|k| row(k, k + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let runs = each(&|k, n| {
+            format!(
+                "object::extend($br{i}[{k}].run, {{ id: type::record('run', [$b{i}.agent_id, $bb{i} + {n}]), seq: $bb{i} + {n} }})"
+            )
+        });
+        let refs =
+            each(&|k, n| format!("object::extend($br{i}[{k}].by_id, {{ seq: $bb{i} + {n} }})"));
         // An UPSERT that creates ignores its condition: this makes a new period's row and
         // leaves an existing one alone.
         let _ = write!(
