@@ -117,7 +117,8 @@ async fn main() -> anyhow::Result<()> {
     let settling8 = format!(
         "LET $sr = [{}];",
         (0..8)
-            .map(|i| format!("{{ rid: $ids[{i}], patch: {{ status: 'completed', tokens_used: 5 }}, completed: 1 }}"))
+            .map(|i| format!("{{ rid: $ids[{i}], patch: {{ status: 'completed', tokens_used: 5 }}, completed: 1, \
+                steps: [{{ n: 1, step: {{ kind: 'model', name: 'm', tokens: 5 }} }}] }}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -178,6 +179,15 @@ async fn main() -> anyhow::Result<()> {
         ("8 settling runs: kept running written out", format!("{create8} {settling8} \
             LET $sd = array::complement([{}], [NONE]); RETURN array::len($sd);", (0..8)
                 .map(|i| format!("IF $sr[{i}].rid.status = 'running' {{ $sr[{i}] }}")).collect::<Vec<_>>().join(", "))),
+        ("8 settling runs: merged with a step each, by FOR", format!("{create8} {settling8} \
+            LET $sd = $sr[WHERE rid.status = 'running']; \
+            FOR $r IN $sd {{ UPDATE $r.rid MERGE $r.patch RETURN NONE; \
+              FOR $e IN $r.steps {{ UPSERT type::record('run_event', [<string> $r.rid, $e.n]) SET step = $e.step RETURN NONE; }}; }};")),
+        ("8 settling runs: merged with a step each, written out", format!("{create8} {settling8} \
+            LET $sd = $sr[WHERE rid.status = 'running']; {}", (0..8).map(|k| format!(
+                "IF $sr[{k}].rid.status = 'running' {{ UPDATE $sr[{k}].rid MERGE $sr[{k}].patch RETURN NONE; \
+                 INSERT IGNORE INTO run_event [{{ id: type::record('run_event', [<string> $sr[{k}].rid, 1]), step: $sr[{k}].steps[0].step }}] RETURN NONE; }};"))
+                .collect::<Vec<_>>().join(" "))),
         ("8 runs started: numbered by .map()", format!("{starting8} \
             INSERT INTO run array::slice($br, 0, $bn).map(|$x, $k| object::extend($x.run, {{ \
               id: type::record('run', ['a', $bb + $k + 1]), seq: $bb + $k + 1 }})) RETURN NONE; \
