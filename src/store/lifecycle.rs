@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::records::{RunRecord, Step, run_record_id};
-use super::{Native, Result, Store, StoreError};
+use super::{Result, Store, StoreError};
 
 /// A run this instance is running, as the watch for cancels reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,20 +84,12 @@ impl Store {
     }
 
     /// Runs of this instance, among `running`, whose cancel was requested: one record read
-    /// per run, each named in the query.
+    /// per run.
     pub async fn cancels_requested(&self, running: &[RunInFlight]) -> Result<Vec<String>> {
-        if running.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut native = Native::new();
-        let mut reads = Vec::with_capacity(running.len());
-        for (i, run) in running.iter().enumerate() {
-            native.insert(format!("r{i}"), run_record_id(&run.agent_id, run.seq));
-            reads.push(format!("$r{i}.cancel"));
-        }
-        let sql = format!("RETURN [{}];", reads.join(", "));
-        let out = self.run_native(&sql, json!({}), native).await?;
-        let flags = super::returned(out);
+        let ids = running
+            .iter()
+            .map(|run| run_record_id(&run.agent_id, run.seq));
+        let flags = self.read_each(ids, ".cancel").await?;
         Ok(running
             .iter()
             .zip(flags)

@@ -86,22 +86,15 @@ impl Store {
     /// a scan of history.
     #[tracing::instrument(skip(self, period))]
     pub async fn usage(&self, tenant: &str, period: &Period, now: DateTime<Utc>) -> Result<Usage> {
-        // Each day's row named in the query (`$d<i>`, bound as record ids): mapping a closure
-        // over the days cost SurrealDB's evaluator several times as much (`bench_statements …
-        // "days of usage"`).
-        let mut rows = super::Native::new();
-        let mut reads = Vec::new();
-        for (i, d) in period.dates_until(now).iter().enumerate() {
-            rows.insert(
-                format!("d{i}"),
-                RecordId::new("usage_daily", format!("{tenant}|{d}")),
-            );
-            reads.push(format!("$d{i}.{{date, runs, tokens, api_calls}}"));
-        }
-        let sql = format!("RETURN [{}];", reads.join(", "));
-        let out = self.run_native(&sql, json!({}), rows).await?;
+        let ids: Vec<RecordId> = period
+            .dates_until(now)
+            .iter()
+            .map(|d| RecordId::new("usage_daily", format!("{tenant}|{d}")))
+            .collect();
         // Days without a row read as nothing.
-        let rows: Vec<Value> = super::returned(out)
+        let rows: Vec<Value> = self
+            .read_each(ids, ".{date, runs, tokens, api_calls}")
+            .await?
             .into_iter()
             .filter(|d| !d["date"].is_null())
             .collect();
