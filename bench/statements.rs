@@ -83,9 +83,14 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .check()?;
     }
+    // `run_loose`: a run table with no field definitions, to see what checking them costs.
+    db.query("DEFINE TABLE run_loose SCHEMALESS;")
+        .await?
+        .check()?;
     db.query(
         "CREATE usage_period:p SET tenant = 't', start = 's'; \
          CREATE usage_daily:d SET tenant = 't', date = 'd'; \
+         CREATE usage_settled:p SET tenant = 't', start = 's'; \
          CREATE agent_state:a SET tenant = 't', name = 'a', created_at = time::now(); \
          CREATE agent_settled:a SET tenant = 't', total_runs = 3; \
          FOR $i IN 0..31 { \
@@ -140,6 +145,55 @@ async fn main() -> anyhow::Result<()> {
         ("ten LET statements", "LET $a = 1; ".repeat(10) + "RETURN 1;"),
         ("UPDATE a counter row", "UPDATE usage_period:p SET runs += 1, reserved_runs -= 1, tokens += 3 RETURN NONE;".into()),
         ("UPSERT a counter row", "UPSERT usage_daily:d SET tenant = 't', date = 'd', runs += 1, tokens += 3 RETURN NONE;".into()),
+        ("UPDATE a counter row, tokens only", "UPDATE usage_daily:d SET tokens += 3 RETURN NONE;".into()),
+        ("UPDATE a counter row, else UPSERT it", "IF !(UPDATE usage_daily:d SET tokens += 3 RETURN VALUE true) { \
+            UPSERT usage_daily:d SET tenant = 't', date = 'd', tokens += 3 RETURN NONE; };".into()),
+        ("UPDATE a missing counter row, else UPSERT it", "IF !(UPDATE usage_daily:nope SET tokens += 3 RETURN VALUE true) { \
+            UPSERT usage_daily:nope SET tenant = 't', date = 'd', tokens += 3 RETURN NONE; };".into()),
+        ("two counter rows: UPSERT each", "UPSERT usage_daily:d SET tenant = 't', date = 'd', tokens += 3 RETURN NONE; \
+            UPSERT usage_settled:p SET tenant = 't', start = 's', tokens += 3 RETURN NONE;".into()),
+        ("two counter rows: UPDATE each, else UPSERT", "IF !(UPDATE usage_daily:d SET tokens += 3 RETURN VALUE true) { \
+            UPSERT usage_daily:d SET tenant = 't', date = 'd', tokens += 3 RETURN NONE; }; \
+            IF !(UPDATE usage_settled:p SET tokens += 3 RETURN VALUE true) { \
+            UPSERT usage_settled:p SET tenant = 't', start = 's', tokens += 3 RETURN NONE; };".into()),
+        ("two counter rows: one UPDATE of both", "UPDATE [usage_daily:d, usage_settled:p] SET tokens += 3 RETURN NONE;".into()),
+        ("in one transaction: two counter rows, UPSERT each", "BEGIN; UPSERT usage_daily:d SET tenant = 't', date = 'd', tokens += 3 RETURN NONE; \
+            UPSERT usage_settled:p SET tenant = 't', start = 's', tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: two counter rows, UPDATE each", "BEGIN; UPDATE usage_daily:d SET tokens += 3 RETURN NONE; \
+            UPDATE usage_settled:p SET tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: two counter rows, one UPDATE of both", "BEGIN; UPDATE [usage_daily:d, usage_settled:p] SET tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: two counter rows, UPDATE each with tenant and date", "BEGIN; UPDATE usage_daily:d SET tenant = 't', date = 'd', tokens += 3 RETURN NONE; \
+            UPDATE usage_settled:p SET tenant = 't', start = 's', tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: two counter rows, UPDATE each, else UPSERT", "BEGIN; \
+            IF !(UPDATE usage_daily:d SET tokens += 3 RETURN VALUE true) { UPSERT usage_daily:d SET tenant = 't', date = 'd', tokens += 3 RETURN NONE; }; \
+            IF !(UPDATE usage_settled:p SET tokens += 3 RETURN VALUE true) { UPSERT usage_settled:p SET tenant = 't', start = 's', tokens += 3 RETURN NONE; }; COMMIT;".into()),
+        ("in one transaction: two counter rows, INSERT each ON DUPLICATE KEY UPDATE", "BEGIN; \
+            INSERT INTO usage_daily { id: usage_daily:d, tenant: 't', date: 'd', tokens: 3 } ON DUPLICATE KEY UPDATE tokens += 3 RETURN NONE; \
+            INSERT INTO usage_settled { id: usage_settled:p, tenant: 't', start: 's', tokens: 3 } ON DUPLICATE KEY UPDATE tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: two missing counter rows, INSERT each ON DUPLICATE KEY UPDATE", "BEGIN; LET $k = <string> rand::uuid::v7(); \
+            INSERT INTO usage_daily { id: type::record('usage_daily', $k), tenant: 't', date: 'd', tokens: 3 } ON DUPLICATE KEY UPDATE tokens += 3 RETURN NONE; \
+            INSERT INTO usage_settled { id: type::record('usage_settled', $k), tenant: 't', start: 's', tokens: 3 } ON DUPLICATE KEY UPDATE tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: two missing counter rows, UPSERT each", "BEGIN; LET $k = <string> rand::uuid::v7(); \
+            UPSERT type::record('usage_daily', $k) SET tenant = 't', date = 'd', tokens += 3 RETURN NONE; \
+            UPSERT type::record('usage_settled', $k) SET tenant = 't', start = 's', tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: two counter rows, one UPDATE of both, checked", "BEGIN; \
+            LET $u = UPDATE [usage_daily:d, usage_settled:p] SET tokens += 3 RETURN VALUE true; \
+            IF array::len($u) < 2 { THROW 'a counter row is missing' }; COMMIT;".into()),
+        ("in one transaction: two counter rows, UPDATE each, checked", "BEGIN; \
+            LET $u0 = UPDATE usage_daily:d SET tokens += 3 RETURN VALUE true; \
+            LET $u1 = UPDATE usage_settled:p SET tokens += 3 RETURN VALUE true; \
+            IF array::len($u0) + array::len($u1) < 2 { THROW 'a counter row is missing' }; COMMIT;".into()),
+        ("in one transaction: two counter rows, UPDATE ONLY each", "BEGIN; \
+            UPDATE ONLY usage_daily:d SET tokens += 3 RETURN NONE; \
+            UPDATE ONLY usage_settled:p SET tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: a missing counter row, UPDATE ONLY", "BEGIN; \
+            UPDATE ONLY usage_daily:nope SET tokens += 3 RETURN NONE; COMMIT;".into()),
+        ("in one transaction: two counter rows, one UPDATE of both, then RETURN", "BEGIN; \
+            UPDATE [usage_daily:d, usage_settled:p] SET tokens += 3 RETURN NONE; RETURN { a: 1 }; COMMIT;".into()),
+        ("in one transaction: two counter rows, one UPDATE of both, RETURN checks them", "BEGIN; \
+            UPDATE [usage_daily:d, usage_settled:p] SET tokens += 3 RETURN NONE; \
+            RETURN { a: 1, k: <array<int>> [usage_daily:d, usage_settled:p].tokens }; COMMIT;".into()),
+        ("in one transaction: RETURN 1", "BEGIN; RETURN 1; COMMIT;".into()),
         ("reserve a run (conditional UPDATE)", "RETURN array::len((UPDATE usage_period:p SET reserved_runs += 1 \
             WHERE runs + reserved_runs < 100000000 AND tokens < 100000000000 RETURN VALUE reserved_runs)) > 0;".into()),
         ("UPSERT agent_state run_seq", "UPSERT agent_state:a SET tenant = 't', name = 'a', \
@@ -150,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
             SET status = 'completed', output = {{ response: 'ok' }}, finished_at = time::now(), duration_ms = 3, \
             tokens_used = 5 WHERE status = 'running' RETURN NONE;")),
         ("CREATE a run record (no indexes)", create_run.replace("'run'", "'run_plain'")),
+        ("CREATE a run record (no field definitions)", create_run.replace("'run'", "'run_loose'")),
         ("CREATE a run record (status index only)", create_run.replace("'run'", "'run_status_only'")),
         ("CREATE a run record, then settle it (status index only)", format!("{create_run} UPDATE type::record('run', ['a', $n]) \
             SET status = 'completed', output = {{ response: 'ok' }}, finished_at = time::now(), duration_ms = 3, \

@@ -64,6 +64,41 @@ fn hooked<'a>(tenants: impl IntoIterator<Item = &'a str>) -> NativeValue {
     )
 }
 
+/// Most counter rows [`KnownRows`] holds before it forgets them all (and learns again).
+const MAX_KNOWN_ROWS: usize = 100_000;
+
+/// The counter rows (`usage_period`, `usage_settled`, `usage_daily`, `agent_state`,
+/// `agent_settled`) this process has seen committed. A batch whose rows are all known updates
+/// them (`UPDATE … SET tokens += …`) instead of upserting them: SurrealDB evaluates an `UPSERT`
+/// of an existing row at about twice the cost of the same `UPDATE` (`bench_statements … "in one
+/// transaction: two counter rows"`). This relies on counter rows never being deleted, which no
+/// path of `ares` does (`docs/ARCHITECTURE.md`, invariants): an `UPDATE` of a missing row would
+/// count nothing.
+#[derive(Default)]
+pub(super) struct KnownRows {
+    rows: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl KnownRows {
+    fn knows(&self, rows: &[String]) -> bool {
+        let known = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.iter().all(|r| known.contains(r))
+    }
+
+    fn learn(&self, rows: &[String]) {
+        let mut known = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() + rows.len() > MAX_KNOWN_ROWS {
+            known.clear();
+        }
+        known.extend(rows.iter().cloned());
+    }
+}
+
+/// The name [`KnownRows`] holds a counter row by.
+fn row(table: &str, key: &str) -> String {
+    format!("{table}:{key}")
+}
+
 /// One write that waits for its batch.
 #[derive(Debug, Clone)]
 pub(super) enum Op {
@@ -248,6 +283,18 @@ struct Group {
     vars: Map<String, Value>,
     /// The ops' rows, bound natively.
     items: Vec<NativeValue>,
+    /// The counter rows the group's fragment writes (see [`KnownRows`]).
+    counters: Vec<String>,
+}
+
+/// A group as the script sees it.
+#[derive(Debug, Clone)]
+struct Bound {
+    size: usize,
+    /// The counter rows it writes.
+    counters: Vec<String>,
+    /// All of them were seen committed: the script updates them.
+    known: bool,
 }
 
 /// Groups in first-seen order, by key.
@@ -258,18 +305,20 @@ struct Groups {
 }
 
 impl Groups {
-    /// Adds `item` to the group `key` (made with `vars` when new); returns the group and the
-    /// item's position in it.
+    /// Adds `item` to the group `key` (made with `vars` and the counter rows it writes when
+    /// new); returns the group and the item's position in it.
     fn add(
         &mut self,
         key: String,
-        vars: impl FnOnce() -> Map<String, Value>,
+        vars: impl FnOnce() -> (Map<String, Value>, Vec<String>),
         item: NativeValue,
     ) -> (usize, usize) {
         let g = *self.index.entry(key).or_insert_with(|| {
+            let (vars, counters) = vars();
             self.list.push(Group {
-                vars: vars(),
+                vars,
                 items: Vec::new(),
+                counters,
             });
             self.list.len() - 1
         });
@@ -278,15 +327,25 @@ impl Groups {
     }
 
     /// Binds group `i` as `$<prefix><i>` and its rows, natively, as `$<prefix>r<i>`; returns
-    /// the groups' sizes.
-    fn bind(self, prefix: &str, out: &mut Map<String, Value>, native: &mut Native) -> Vec<usize> {
-        let mut sizes = Vec::with_capacity(self.list.len());
+    /// the groups as the script sees them.
+    fn bind(
+        self,
+        prefix: &str,
+        known: &KnownRows,
+        out: &mut Map<String, Value>,
+        native: &mut Native,
+    ) -> Vec<Bound> {
+        let mut bound = Vec::with_capacity(self.list.len());
         for (i, g) in self.list.into_iter().enumerate() {
-            sizes.push(g.items.len());
+            bound.push(Bound {
+                size: g.items.len(),
+                known: known.knows(&g.counters),
+                counters: g.counters,
+            });
             out.insert(format!("{prefix}{i}"), Value::Object(g.vars));
             native.insert(format!("{prefix}r{i}"), NativeValue::Array(g.items.into()));
         }
-        sizes
+        bound
     }
 }
 
@@ -415,22 +474,39 @@ impl Store {
                 run,
             } => {
                 let r = reservation(&run.tenant, period, run.started_at);
+                let counters = [
+                    row("usage_period", &r.period_key),
+                    row("agent_state", &run.agent_id),
+                ];
+                let known = self.counters.knows(&counters);
                 // The period's row is made on its first run (an UPSERT ignores its condition
                 // when it creates, and `WHERE false` leaves an existing row unwritten), then the
                 // reservation is a conditional update of it.
-                let sql = "BEGIN; \
-                    UPSERT type::record('usage_period', $key) SET tenant = $r.tenant, start = $start \
-                      WHERE false RETURN NONE; \
+                let (make_period, count_run) = if known {
+                    (
+                        "",
+                        "UPDATE type::record('agent_state', $r.agent_id) SET run_seq += 1",
+                    )
+                } else {
+                    (
+                        "UPSERT type::record('usage_period', $key) SET tenant = $r.tenant, start = $start \
+                          WHERE false RETURN NONE;",
+                        "UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
+                          created_at = created_at ?? time::now(), run_seq += 1",
+                    )
+                };
+                let sql = format!(
+                    "BEGIN; {make_period} \
                     LET $spent = type::record('usage_settled', $key).tokens ?? 0; \
                     LET $ok = array::len((UPDATE type::record('usage_period', $key) SET reserved_runs += 1 \
                       WHERE runs + reserved_runs < $qr AND tokens + $spent < $qt RETURN VALUE reserved_runs)) > 0; \
-                    LET $seq = IF $ok { (UPSERT type::record('agent_state', $r.agent_id) SET tenant = $r.tenant, name = $r.agent, \
-                      created_at = created_at ?? time::now(), run_seq += 1 RETURN VALUE run_seq)[0] } ELSE { NONE }; \
-                    IF $ok { CREATE type::record('run', [$r.agent_id, $seq]) CONTENT object::extend($row.run, { seq: $seq }) \
+                    LET $seq = IF $ok {{ ({count_run} RETURN VALUE run_seq)[0] }} ELSE {{ NONE }}; \
+                    IF $ok {{ CREATE type::record('run', [$r.agent_id, $seq]) CONTENT object::extend($row.run, {{ seq: $seq }}) \
                       RETURN NONE; \
-                      INSERT INTO run_ref object::extend($row.by_id, { seq: $seq }) RETURN NONE; }; \
+                      INSERT INTO run_ref object::extend($row.by_id, {{ seq: $seq }}) RETURN NONE; }}; \
                     RETURN $seq; \
-                    COMMIT;";
+                    COMMIT;"
+                );
                 let vars = json!({
                     "r": {"tenant": run.tenant, "agent": run.agent, "agent_id": run.agent_id},
                     "key": r.period_key, "start": r.start,
@@ -438,30 +514,48 @@ impl Store {
                 });
                 let mut native = Native::new();
                 native.insert("row", begin_row(run, &self.instance));
-                let out = self.run_retrying_native(sql, vars, native).await?;
+                let out = self.run_retrying_native(&sql, vars, native).await?;
                 // The last statement's value: the run's number, or nothing when refused.
-                Ok(Outcome::Begin(out.iter().rev().find_map(
-                    |rows| match rows.as_slice() {
-                        [v] => v.as_u64(),
-                        _ => None,
-                    },
-                )))
+                let seq = out.iter().rev().find_map(|rows| match rows.as_slice() {
+                    [v] => v.as_u64(),
+                    _ => None,
+                });
+                if !known && seq.is_some() {
+                    self.counters.learn(&counters);
+                }
+                Ok(Outcome::Begin(seq))
             }
             Op::Settle {
                 reservation,
                 run,
                 steps,
             } => {
+                let counters = [
+                    row("usage_settled", &reservation.period_key),
+                    row("usage_daily", &reservation.day_key),
+                    row("agent_settled", &run.agent_id),
+                ];
+                let known = self.counters.knows(&counters);
+                let (write, settled, daily, agent) = if known {
+                    ("UPDATE", "", "", "")
+                } else {
+                    (
+                        "UPSERT",
+                        "tenant = $tenant, start = $start,",
+                        "tenant = $tenant, date = $date,",
+                        "tenant = $tenant,",
+                    )
+                };
                 let sql = format!(
                     "BEGIN; \
                     LET $hooks_any = {HOOKED}; \
                     LET $done = (UPDATE $r.rid MERGE $r.patch WHERE status = 'running' RETURN VALUE run_id); \
                     IF array::len($done) > 0 {{ \
                       {STEPS} \
-                      UPSERT type::record('usage_settled', $period) SET tenant = $tenant, start = $start, runs += 1, \
+                      {write} type::record('usage_settled', $period) SET {settled} runs += 1, \
                         tokens += $r.patch.tokens_used RETURN NONE; \
-                      UPSERT type::record('usage_daily', $day) SET tenant = $tenant, date = $date, runs += 1, tokens += $r.patch.tokens_used RETURN NONE; \
-                      UPSERT type::record('agent_settled', $agent_id) SET tenant = $tenant, total_runs += 1, \
+                      {write} type::record('usage_daily', $day) SET {daily} runs += 1, tokens += $r.patch.tokens_used RETURN NONE; \
+                      {write} type::record('agent_settled', $agent_id) SET {agent} total_runs += 1, \
                         completed_runs += $r.completed, last_run = $r.started_at RETURN NONE; \
                       IF $hooks_any {{ {} }}; \
                     }}; \
@@ -480,6 +574,9 @@ impl Store {
                 let answer = self.run_retrying_native(&sql, vars, native).await?;
                 let answer = answer.iter().rev().find_map(|rows| rows.first());
                 let flag = |name: &str| answer.and_then(|a| a[name].as_bool()).unwrap_or(false);
+                if !known && flag("now") {
+                    self.counters.learn(&counters);
+                }
                 Ok(Outcome::Settle(Settled {
                     now: flag("now"),
                     webhooks: flag("webhooks"),
@@ -511,10 +608,19 @@ impl Store {
                     // The same chat twice in one batch would be counted twice.
                     if seen.insert(("chat", chat.id.as_str())) {
                         let vars = || {
-                            obj(json!({"tenant": chat.tenant, "period": r.period_key, "day": r.day_key,
-                                "date": r.date, "start": r.start}))
+                            let counters = vec![
+                                row("usage_settled", &r.period_key),
+                                row("usage_daily", &r.day_key),
+                            ];
+                            let vars = json!({"tenant": chat.tenant, "period": r.period_key,
+                                "day": r.day_key, "date": r.date, "start": r.start});
+                            (obj(vars), counters)
                         };
-                        chats.add(format!("{}\n{}", r.period_key, r.day_key), vars, chat_row(chat));
+                        chats.add(
+                            format!("{}\n{}", r.period_key, r.day_key),
+                            vars,
+                            chat_row(chat),
+                        );
                     }
                     Slot::Chat
                 }
@@ -526,8 +632,15 @@ impl Store {
                     let key = format!("{}\n{}\n{}", r.period_key, r.day_key, run.agent_id);
                     if seen.insert(("run", run.id.as_str())) {
                         let vars = || {
-                            obj(json!({"tenant": r.tenant, "period": r.period_key, "start": r.start,
-                                "day": r.day_key, "date": r.date, "agent_id": run.agent_id}))
+                            let counters = vec![
+                                row("usage_settled", &r.period_key),
+                                row("usage_daily", &r.day_key),
+                                row("agent_settled", &run.agent_id),
+                            ];
+                            let vars = json!({"tenant": r.tenant, "period": r.period_key,
+                                "start": r.start, "day": r.day_key, "date": r.date,
+                                "agent_id": run.agent_id});
+                            (obj(vars), counters)
                         };
                         settles.add(key.clone(), vars, settle_row(run, steps));
                     }
@@ -545,9 +658,14 @@ impl Store {
                     let r = reservation(&run.tenant, period, run.started_at);
                     let key = format!("{}\n{}", r.period_key, run.agent_id);
                     let vars = || {
-                        obj(json!({"tenant": run.tenant, "key": r.period_key, "agent": run.agent,
-                            "agent_id": run.agent_id, "start": r.start,
-                            "qr": quota_runs, "qt": quota_tokens}))
+                        let counters = vec![
+                            row("usage_period", &r.period_key),
+                            row("agent_state", &run.agent_id),
+                        ];
+                        let vars = json!({"tenant": run.tenant, "key": r.period_key,
+                            "agent": run.agent, "agent_id": run.agent_id, "start": r.start,
+                            "qr": quota_runs, "qt": quota_tokens});
+                        (obj(vars), counters)
                     };
                     let (group, index) = begins.add(key, vars, begin_row(run, &self.instance));
                     // A group takes the smallest quotas its callers saw (they may have read the
@@ -575,10 +693,11 @@ impl Store {
         if !tenants.is_empty() {
             native.insert("hooked", hooked(tenants));
         }
-        let chats = chats.bind("c", &mut vars, &mut native);
-        let settles = settles.bind("s", &mut vars, &mut native);
-        let begins = begins.bind("b", &mut vars, &mut native);
-        let sql = script(chats.len(), settles.len(), &begins);
+        let known = &self.counters;
+        let chats = chats.bind("c", known, &mut vars, &mut native);
+        let settles = settles.bind("s", known, &mut vars, &mut native);
+        let begins = begins.bind("b", known, &mut vars, &mut native);
+        let sql = script(&chats, &settles, &begins);
         let out = self
             .run_retrying_native(&sql, Value::Object(vars), native)
             .await?;
@@ -587,6 +706,19 @@ impl Store {
             .rev()
             .find_map(|rows| rows.into_iter().next())
             .unwrap_or(Value::Null);
+        // The counter rows this transaction wrote exist from now on.
+        let wrote = |prefix: &str, i: usize| match &answer[format!("{prefix}{i}")] {
+            Value::Bool(b) => *b,
+            Value::Array(ids) => !ids.is_empty(),
+            g => g["n"].as_u64().is_some_and(|n| n > 0),
+        };
+        for (prefix, groups) in [("c", &chats), ("s", &settles), ("b", &begins)] {
+            for (i, g) in groups.iter().enumerate() {
+                if !g.known && wrote(prefix, i) {
+                    known.learn(&g.counters);
+                }
+            }
+        }
 
         slots
             .into_iter()
@@ -618,37 +750,61 @@ impl Store {
     }
 }
 
-/// The transaction for `chats` chat groups (by period and day), `settles` settlement groups
-/// (by period, day and agent) and run-start groups (by period and agent; `begins` are their
-/// sizes), bound as `$c0..`, `$s0..`, `$b0..` (their rows natively as `$cr0..`, `$sr0..`,
-/// `$br0..`). Chats and settlements come first, so that run starts see the tokens they add.
+/// The transaction for chat groups (by period and day), settlement groups (by period, day and
+/// agent) and run-start groups (by period and agent), bound as `$c0..`, `$s0..`, `$b0..`
+/// (their rows natively as `$cr0..`, `$sr0..`, `$br0..`). Chats and settlements come first,
+/// so that run starts see the tokens they add. A group whose counter rows are all known to
+/// exist updates them; the others upsert them, and the answer says which wrote theirs.
 ///
 /// No closure is called per row: SurrealDB evaluates a closure call at several times the cost
 /// of the same expression written out or of an array filter (`bench_statements … "8 settling
 /// runs"`, `… "8 runs started"`). Settling runs are kept by a filter (`[WHERE …]`); runs to
 /// start are written out once per row (`$br0[3]`).
-fn script(chats: usize, settles: usize, begins: &[usize]) -> String {
+fn script(chats: &[Bound], settles: &[Bound], begins: &[Bound]) -> String {
     let mut sql = String::from("BEGIN;\n");
-    for i in 0..chats {
-        let _ = write!(
+    for (i, g) in chats.iter().enumerate() {
+        let _ = writeln!(
             sql,
-            "LET $cn{i} = INSERT IGNORE INTO chat $cr{i} RETURN VALUE tokens_used;
-IF array::len($cn{i}) > 0 {{
+            "LET $cn{i} = INSERT IGNORE INTO chat $cr{i} RETURN VALUE tokens_used;"
+        );
+        if g.known {
+            // A chat already stored adds nothing.
+            let _ = write!(
+                sql,
+                "UPDATE type::record('usage_settled', $c{i}.period) SET tokens += math::sum($cn{i}) RETURN NONE;
+UPDATE type::record('usage_daily', $c{i}.day) SET tokens += math::sum($cn{i}) RETURN NONE;
+"
+            );
+        } else {
+            let _ = write!(
+                sql,
+                "IF array::len($cn{i}) > 0 {{
   UPSERT type::record('usage_settled', $c{i}.period) SET tenant = $c{i}.tenant, start = $c{i}.start,
     tokens += math::sum($cn{i}) RETURN NONE;
   UPSERT type::record('usage_daily', $c{i}.day) SET tenant = $c{i}.tenant, date = $c{i}.date,
     tokens += math::sum($cn{i}) RETURN NONE;
 }};
 "
-        );
+            );
+        }
     }
-    if settles > 0 {
+    if !settles.is_empty() {
         // Whether any tenant settling here has webhook endpoints: the outbox is skipped
         // otherwise.
         let _ = writeln!(sql, "LET $hooks_any = {HOOKED};");
     }
-    for i in 0..settles {
+    for (i, g) in settles.iter().enumerate() {
         let outbox = outbox(&format!("$s{i}.tenant"), "$r.run_id", "$r.patch.status");
+        let (write, set_settled, set_daily, set_agent) = if g.known {
+            ("UPDATE", String::new(), String::new(), String::new())
+        } else {
+            (
+                "UPSERT",
+                format!("tenant = $s{i}.tenant, start = $s{i}.start, "),
+                format!("tenant = $s{i}.tenant, date = $s{i}.date, "),
+                format!("tenant = $s{i}.tenant, "),
+            )
+        };
         // The group's runs still `running` (a retried settlement finds its run settled).
         let _ = write!(
             sql,
@@ -659,18 +815,19 @@ FOR $r IN $sd{i} {{
   IF $hooks_any {{ {outbox} }};
 }};
 IF array::len($sd{i}) > 0 {{
-  UPSERT type::record('usage_settled', $s{i}.period) SET tenant = $s{i}.tenant, start = $s{i}.start,
+  {write} type::record('usage_settled', $s{i}.period) SET {set_settled}
     runs += array::len($sd{i}), tokens += math::sum($sd{i}.patch.tokens_used) RETURN NONE;
-  UPSERT type::record('usage_daily', $s{i}.day) SET tenant = $s{i}.tenant, date = $s{i}.date,
+  {write} type::record('usage_daily', $s{i}.day) SET {set_daily}
     runs += array::len($sd{i}), tokens += math::sum($sd{i}.patch.tokens_used) RETURN NONE;
-  UPSERT type::record('agent_settled', $s{i}.agent_id) SET tenant = $s{i}.tenant,
+  {write} type::record('agent_settled', $s{i}.agent_id) SET {set_agent}
     total_runs += array::len($sd{i}), completed_runs += math::sum($sd{i}.completed),
     last_run = array::max($sd{i}.started_at) RETURN NONE;
 }};
 "
         );
     }
-    for (i, &size) in begins.iter().enumerate() {
+    for (i, g) in begins.iter().enumerate() {
+        let size = g.size;
         // The group's runs and their references, numbered from the agent's last number; the
         // first `$bn{i}` of them are stored. `row(k, n)` writes row `k`, numbered `$bb{i} + n`.
         let each = |row: &dyn Fn(usize, usize) -> String| {
@@ -686,19 +843,31 @@ IF array::len($sd{i}) > 0 {{
         });
         let refs =
             each(&|k, n| format!("object::extend($br{i}[{k}].by_id, {{ seq: $bb{i} + {n} }})"));
-        // An UPSERT that creates ignores its condition: this makes a new period's row and
-        // leaves an existing one alone.
+        let count_run = if g.known {
+            format!(
+                "UPDATE type::record('agent_state', $b{i}.agent_id) SET run_seq += $bn{i} RETURN NONE;"
+            )
+        } else {
+            // An UPSERT that creates ignores its condition: this makes a new period's row and
+            // leaves an existing one alone.
+            let _ = writeln!(
+                sql,
+                "UPSERT type::record('usage_period', $b{i}.key) SET tenant = $b{i}.tenant, start = $b{i}.start WHERE false RETURN NONE;"
+            );
+            format!(
+                "UPSERT type::record('agent_state', $b{i}.agent_id) SET tenant = $b{i}.tenant, name = $b{i}.agent,
+    created_at = created_at ?? time::now(), run_seq += $bn{i} RETURN NONE;"
+            )
+        };
         let _ = write!(
             sql,
-            "UPSERT type::record('usage_period', $b{i}.key) SET tenant = $b{i}.tenant, start = $b{i}.start WHERE false RETURN NONE;
-LET $bp{i} = type::record('usage_period', $b{i}.key).{{runs, reserved_runs, tokens}};
+            "LET $bp{i} = type::record('usage_period', $b{i}.key).{{runs, reserved_runs, tokens}};
 LET $bn{i} = IF $bp{i}.tokens + (type::record('usage_settled', $b{i}.key).tokens ?? 0) < $b{i}.qt {{
   math::min([{size}, math::max([0, $b{i}.qr - $bp{i}.runs - $bp{i}.reserved_runs])]) }} ELSE {{ 0 }};
 LET $bb{i} = type::record('agent_state', $b{i}.agent_id).run_seq ?? 0;
 IF $bn{i} > 0 {{
   UPDATE type::record('usage_period', $b{i}.key) SET reserved_runs += $bn{i} RETURN NONE;
-  UPSERT type::record('agent_state', $b{i}.agent_id) SET tenant = $b{i}.tenant, name = $b{i}.agent,
-    created_at = created_at ?? time::now(), run_seq += $bn{i} RETURN NONE;
+  {count_run}
   INSERT INTO run array::slice([{runs}], 0, $bn{i}) RETURN NONE;
   INSERT INTO run_ref array::slice([{refs}], 0, $bn{i}) RETURN NONE;
 }};
@@ -706,9 +875,11 @@ IF $bn{i} > 0 {{
         );
     }
     sql.push_str("RETURN {");
-    let fields: Vec<String> = (0..settles)
-        .map(|i| format!("s{i}: $sd{i}.run_id"))
-        .chain((settles > 0).then(|| "webhooks: $hooks_any".to_string()))
+    let fields: Vec<String> = (chats.iter().enumerate())
+        .filter(|(_, g)| !g.known)
+        .map(|(i, _)| format!("c{i}: array::len($cn{i}) > 0"))
+        .chain((0..settles.len()).map(|i| format!("s{i}: $sd{i}.run_id")))
+        .chain((!settles.is_empty()).then(|| "webhooks: $hooks_any".to_string()))
         .chain((0..begins.len()).map(|i| format!("b{i}: {{ n: $bn{i}, base: $bb{i} }}")))
         .collect();
     sql.push_str(&fields.join(", "));
@@ -1123,6 +1294,118 @@ mod tests {
         }
         let out = store.write_batch(&[later]).await.unwrap();
         assert_eq!(out, [Outcome::Settle(nothing)]);
+    }
+
+    /// Counter rows a batch wrote are known from then on, and later batches update them
+    /// (without `UPSERT`) to the same totals.
+    #[tokio::test]
+    async fn counter_rows_once_written_are_updated_to_the_same_totals() {
+        let store = store().await;
+        let period = Period::containing(Utc::now(), 1);
+        let runs: Vec<_> = (0..4).map(|_| run("acme")).collect();
+        let r = super::reservation("acme", &period, runs[0].started_at);
+        let rows = |table: &str, key: &str| vec![super::row(table, key)];
+        let (settled, daily) = (
+            rows("usage_settled", &r.period_key),
+            rows("usage_daily", &r.day_key),
+        );
+        let (period_row, agent) = (
+            rows("usage_period", &r.period_key),
+            rows("agent_state", &runs[0].agent_id),
+        );
+        let agent_settled = rows("agent_settled", &runs[0].agent_id);
+        let begin = |r: &super::RunRecord| Op::Begin {
+            period,
+            quota_runs: 10,
+            quota_tokens: 1000,
+            run: r.clone(),
+        };
+        let chats = |ids: &[&str]| -> Vec<Op> {
+            ids.iter()
+                .map(|id| Op::Chat {
+                    chat: chat(id, 5),
+                    period,
+                })
+                .collect()
+        };
+        let settle = |i: usize| Op::Settle {
+            reservation: r.clone(),
+            run: {
+                let mut f = finished(runs[i].clone(), 7);
+                f.seq = i as u64 + 1;
+                f
+            },
+            steps: vec![],
+        };
+        let known = |rows: &[String]| store.counters.knows(rows);
+
+        // A chat already stored adds no row: nothing is learned from it.
+        store.write_batch(&chats(&["x"])).await.unwrap();
+        assert!(known(&settled) && known(&daily));
+        assert!(!known(&period_row) && !known(&agent));
+        let mut ops = chats(&["y", "x"]);
+        ops.extend(runs[..2].iter().map(begin));
+        store.write_batch(&ops).await.unwrap();
+        assert!(known(&period_row) && known(&agent));
+        let mut ops = chats(&["z", "y"]);
+        ops.extend(runs[2..].iter().map(begin));
+        let out = store.write_batch(&ops).await.unwrap();
+        assert_eq!(out[2..], [Outcome::Begin(Some(3)), Outcome::Begin(Some(4))]);
+
+        assert!(!known(&agent_settled));
+        store.write_batch(&[settle(0), settle(1)]).await.unwrap();
+        assert!(known(&agent_settled));
+        store
+            .write_batch(&[settle(2), settle(3), settle(0)])
+            .await
+            .unwrap();
+        // A start and a settlement written alone (statements of their own), on known rows.
+        let (res, fifth) = start(&store, &period, "acme", (10, 1000)).await.unwrap();
+        assert_eq!(fifth.seq, 5);
+        let done = store.finish_run(&res, &finished(fifth, 7), &[]).await;
+        assert!(done.unwrap().now);
+
+        assert_eq!(
+            usage_row(&store, &period).await,
+            json!({"runs": 5, "reserved_runs": 0, "tokens": 50}),
+            "three chats of 5 tokens, five runs of 7"
+        );
+        let report = store.check(1).await.unwrap();
+        assert_eq!(report.violations, [], "{:?}", report.violations);
+        let state = store
+            .agent_states("acme", &[(runs[0].agent_id.clone(), runs[0].agent.clone())])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (state.total_runs, state.completed_runs, state.run_seq),
+            (5, 5, 5)
+        );
+    }
+
+    /// A group whose counter rows are known updates them; the others upsert them.
+    #[test]
+    fn known_groups_update_their_counters_and_the_others_upsert_them() {
+        let group = |known| super::Bound {
+            size: 2,
+            counters: vec![],
+            known,
+        };
+        for known in [false, true] {
+            let g = [group(known)];
+            let sql = super::script(&g, &g, &g);
+            let count = |verb: &str| {
+                ["usage_", "agent_"]
+                    .iter()
+                    .map(|t| sql.matches(&format!("{verb} type::record('{t}")).count())
+                    .sum::<usize>()
+            };
+            // Two rows of the chats, three of the settlement, the agent's number, and the
+            // period's row (made if missing; known, it is only updated by the reservation,
+            // either way).
+            assert_eq!(count("UPSERT"), if known { 0 } else { 7 }, "{sql}");
+            assert_eq!(count("UPDATE"), if known { 7 } else { 1 }, "{sql}");
+        }
     }
 
     #[tokio::test]

@@ -145,6 +145,9 @@ pub struct Store {
     health: Arc<Health>,
     /// The group-commit writer of chats and runs (`None` on the writer's own handle).
     ledger: Option<Arc<ledger::Ledger>>,
+    /// Counter rows this process has seen committed, which its writes update instead of
+    /// upserting (shared by every handle of the store).
+    counters: Arc<ledger::KnownRows>,
 }
 
 /// Whether the database answers. Once a call finds it unreachable, calls fail at once (503)
@@ -217,6 +220,7 @@ impl Store {
             timeout: settings.timeout.0,
             health: Arc::default(),
             ledger: None,
+            counters: Arc::default(),
         })
     }
 
