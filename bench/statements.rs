@@ -123,7 +123,8 @@ async fn main() -> anyhow::Result<()> {
         "LET $sr = [{}];",
         (0..8)
             .map(|i| format!("{{ rid: $ids[{i}], patch: {{ status: 'completed', tokens_used: 5 }}, completed: 1, \
-                steps: [{{ n: 1, step: {{ kind: 'model', name: 'm', tokens: 5 }} }}] }}"))
+                steps: [{{ n: 1, step: {{ kind: 'model', name: 'm', tokens: 5 }} }}], \
+                events: [{{ id: type::record('run_event', [<string> $ids[{i}], 1]), step: {{ kind: 'model', name: 'm', tokens: 5 }} }}] }}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -238,6 +239,14 @@ async fn main() -> anyhow::Result<()> {
             LET $sd = $sr[WHERE rid.status = 'running']; \
             FOR $r IN $sd {{ UPDATE $r.rid MERGE $r.patch RETURN NONE; \
               FOR $e IN $r.steps {{ UPSERT type::record('run_event', [<string> $r.rid, $e.n]) SET step = $e.step RETURN NONE; }}; }};")),
+        ("8 settling runs: merged with a step each, by FOR, steps by INSERT IGNORE", format!("{create8} {settling8} \
+            LET $sd = $sr[WHERE rid.status = 'running']; \
+            FOR $r IN $sd {{ UPDATE $r.rid MERGE $r.patch RETURN NONE; \
+              INSERT IGNORE INTO run_event $r.events RETURN NONE; }};")),
+        ("8 settling runs: merged with a step each, by FOR, all steps by one INSERT IGNORE", format!("{create8} {settling8} \
+            LET $sd = $sr[WHERE rid.status = 'running']; \
+            FOR $r IN $sd {{ UPDATE $r.rid MERGE $r.patch RETURN NONE; }}; \
+            INSERT IGNORE INTO run_event array::flatten($sd.events) RETURN NONE;")),
         ("8 settling runs: merged with a step each, written out", format!("{create8} {settling8} \
             LET $sd = $sr[WHERE rid.status = 'running']; {}", (0..8).map(|k| format!(
                 "IF $sr[{k}].rid.status = 'running' {{ UPDATE $sr[{k}].rid MERGE $sr[{k}].patch RETURN NONE; \
@@ -255,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>().join(", "),
             (0..8).map(|k| format!("object::extend($br[{k}].by_id, {{ seq: $bb + {n} }})", n = k + 1))
                 .collect::<Vec<_>>().join(", "))),
+        ("INSERT IGNORE of no rows", "INSERT IGNORE INTO run_event array::flatten([[], []]) RETURN NONE;".into()),
         ("read a record's field", "RETURN usage_period:p.runs;".into()),
         ("closures: 20 numbers mapped", "RETURN [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].map(|$x| $x + 1);".into()),
         ("closures: 20 numbers mapped with their index", "RETURN [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].map(|$x, $k| $x + $k);".into()),
