@@ -72,6 +72,35 @@ pub(super) enum Op {
 }
 
 impl Op {
+    /// The counter rows the op writes (see [`KnownRows`]).
+    fn counters(&self) -> Vec<String> {
+        match self {
+            Op::Chat { chat, period } => {
+                let r = reservation(&chat.tenant, period, chat.created_at);
+                vec![
+                    row("usage_settled", &r.period_key),
+                    row("usage_daily", &r.day_key),
+                ]
+            }
+            Op::Begin { period, run, .. } => vec![
+                row(
+                    "usage_period",
+                    &reservation(&run.tenant, period, run.started_at).period_key,
+                ),
+                row("agent_state", &run.agent_id),
+            ],
+            Op::Settle {
+                reservation: r,
+                run,
+                ..
+            } => vec![
+                row("usage_settled", &r.period_key),
+                row("usage_daily", &r.day_key),
+                row("agent_settled", &run.agent_id),
+            ],
+        }
+    }
+
     fn tenant(&self) -> &str {
         match self {
             Op::Chat { chat, .. } => &chat.tenant,
@@ -243,10 +272,7 @@ impl Store {
                 run,
             } => {
                 let r = reservation(&run.tenant, period, run.started_at);
-                let counters = [
-                    row("usage_period", &r.period_key),
-                    row("agent_state", &run.agent_id),
-                ];
+                let counters = op.counters();
                 let known = self.counters.knows(&counters);
                 // The period's row is made on its first run (an UPSERT ignores its condition
                 // when it creates, and `WHERE false` leaves an existing row unwritten), then the
@@ -299,11 +325,7 @@ impl Store {
                 run,
                 steps,
             } => {
-                let counters = [
-                    row("usage_settled", &reservation.period_key),
-                    row("usage_daily", &reservation.day_key),
-                    row("agent_settled", &run.agent_id),
-                ];
+                let counters = op.counters();
                 let known = self.counters.knows(&counters);
                 let events = if steps.is_empty() { "" } else { EVENTS };
                 let (write, settled, daily, agent) = if known {
@@ -378,13 +400,9 @@ impl Store {
                     // The same chat twice in one batch would be counted twice.
                     if seen.insert(("chat", chat.id.as_str())) {
                         let vars = || {
-                            let counters = vec![
-                                row("usage_settled", &r.period_key),
-                                row("usage_daily", &r.day_key),
-                            ];
                             let vars = json!({"tenant": chat.tenant, "period": r.period_key,
                                 "day": r.day_key, "date": r.date, "start": r.start});
-                            (obj(vars), counters)
+                            (obj(vars), op.counters())
                         };
                         chats.add(
                             format!("{}\n{}", r.period_key, r.day_key),
@@ -402,15 +420,10 @@ impl Store {
                     let key = format!("{}\n{}\n{}", r.period_key, r.day_key, run.agent_id);
                     if seen.insert(("run", run.id.as_str())) {
                         let vars = || {
-                            let counters = vec![
-                                row("usage_settled", &r.period_key),
-                                row("usage_daily", &r.day_key),
-                                row("agent_settled", &run.agent_id),
-                            ];
                             let vars = json!({"tenant": r.tenant, "period": r.period_key,
                                 "start": r.start, "day": r.day_key, "date": r.date,
                                 "agent_id": run.agent_id});
-                            (obj(vars), counters)
+                            (obj(vars), op.counters())
                         };
                         let (g, _) = settles.add(key.clone(), vars, settle_row(run, steps));
                         settles.list[g].events |= !steps.is_empty();
@@ -429,14 +442,10 @@ impl Store {
                     let r = reservation(&run.tenant, period, run.started_at);
                     let key = format!("{}\n{}", r.period_key, run.agent_id);
                     let vars = || {
-                        let counters = vec![
-                            row("usage_period", &r.period_key),
-                            row("agent_state", &run.agent_id),
-                        ];
                         let vars = json!({"tenant": run.tenant, "key": r.period_key,
                             "agent": run.agent, "agent_id": run.agent_id, "start": r.start,
                             "qr": quota_runs, "qt": quota_tokens});
-                        (obj(vars), counters)
+                        (obj(vars), op.counters())
                     };
                     let (group, index) = begins.add(key, vars, begin_row(run, &self.instance));
                     // A group takes the smallest quotas its callers saw (they may have read the
