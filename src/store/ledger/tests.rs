@@ -243,7 +243,7 @@ async fn counter_rows_once_written_are_updated_to_the_same_totals() {
     };
     let known = |rows: &[String]| store.counters.knows(rows);
 
-    // A chat already stored adds no row: nothing is learned from it.
+    // A chat makes its period's and day's rows, known from then on; a run start's are not yet.
     store.write_batch(&chats(&["x"])).await.unwrap();
     assert!(known(&settled) && known(&daily));
     assert!(!known(&period_row) && !known(&agent));
