@@ -28,12 +28,8 @@ impl InFlight {
     /// Registers `run`, numbered already.
     pub(crate) fn start(&self, run: &RunRecord) -> CancellationToken {
         let token = CancellationToken::new();
-        let key = RunInFlight {
-            run_id: run.id.clone(),
-            agent_id: run.agent_id.clone(),
-            seq: run.seq,
-        };
-        self.lock().insert(run.id.clone(), (key, token.clone()));
+        self.lock()
+            .insert(run.id.clone(), (RunInFlight::from(run), token.clone()));
         token
     }
 

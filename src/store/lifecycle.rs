@@ -15,6 +15,17 @@ pub struct RunInFlight {
     pub seq: u64,
 }
 
+impl From<&RunRecord> for RunInFlight {
+    /// A run numbered already.
+    fn from(run: &RunRecord) -> Self {
+        RunInFlight {
+            run_id: run.id.clone(),
+            agent_id: run.agent_id.clone(),
+            seq: run.seq,
+        }
+    }
+}
+
 /// What a cancel request found.
 #[derive(Debug, Clone)]
 pub enum CancelRequest {
@@ -136,14 +147,7 @@ mod tests {
                 .unwrap();
             runs.push(r);
         }
-        let in_flight: Vec<RunInFlight> = runs
-            .iter()
-            .map(|r| RunInFlight {
-                run_id: r.id.clone(),
-                agent_id: r.agent_id.clone(),
-                seq: r.seq,
-            })
-            .collect();
+        let in_flight: Vec<RunInFlight> = runs.iter().map(RunInFlight::from).collect();
         assert_eq!(
             store.cancels_requested(&in_flight).await.unwrap(),
             Vec::<String>::new()

@@ -181,12 +181,17 @@ pub(super) fn last_bool(out: &[Vec<Value>]) -> bool {
 
 /// The record id of the run numbered `seq` among agent `agent_id`'s runs, natively.
 pub(super) fn run_record_id(agent_id: &str, seq: u64) -> RecordId {
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    numbered_id("run", agent_id, seq)
+}
+
+/// The record id `table:[owner, n]` (a run among its agent's, a step among its run's), natively.
+pub(super) fn numbered_id(table: &str, owner: &str, n: u64) -> RecordId {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
     RecordId::new(
-        "run",
+        table,
         Array::from(vec![
-            NativeValue::String(agent_id.to_string()),
-            NativeValue::Number(seq.into()),
+            NativeValue::String(owner.to_string()),
+            NativeValue::Number(n.into()),
         ]),
     )
 }

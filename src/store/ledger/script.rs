@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
-use surrealdb::types::{Array, Datetime, RecordId, Value as NativeValue};
+use surrealdb::types::{Datetime, RecordId, Value as NativeValue};
 
 use super::super::Native;
-use super::super::records::{ChatRecord, RunRecord, RunStatus, run_record_id};
+use super::super::records::{ChatRecord, RunRecord, RunStatus, numbered_id, run_record_id};
 
 /// Whether a tenant among `$hooked` (SurrealQL: the tenants' record ids, see [`hooked`]) has a
 /// webhook endpoint: read from the count an event keeps on each tenant's row (schema version
@@ -238,18 +238,9 @@ pub(super) fn settle_row(run: &RunRecord, steps: &[Value]) -> NativeValue {
     let events: Vec<NativeValue> = steps
         .iter()
         .map(|e| {
-            let n = i64::try_from(e["n"].as_u64().unwrap_or_default()).unwrap_or(i64::MAX);
+            let n = e["n"].as_u64().unwrap_or_default();
             let mut event = Native::new();
-            event.insert(
-                "id",
-                RecordId::new(
-                    "run_event",
-                    Array::from(vec![
-                        NativeValue::String(run.id.clone()),
-                        NativeValue::Number(n.into()),
-                    ]),
-                ),
-            );
+            event.insert("id", numbered_id("run_event", &run.id, n));
             event.insert("step", e["step"].clone());
             NativeValue::Object(event)
         })
