@@ -267,7 +267,7 @@ async fn readyz(app: Data<&Arc<App>>) -> Response {
 }
 
 /// The instance's reliability figures, for `/metrics`.
-fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 7] {
+fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 9] {
     [
         (
             "ares_webhook_oldest_pending_seconds",
@@ -310,6 +310,18 @@ fn ops_samples(figures: &crate::engine::Figures) -> [metrics::Sample; 7] {
             "counter",
             "Requests whose API key was read from the database: not yet held, or memory not in step with the change feed.",
             figures.keys_from_database,
+        ),
+        (
+            "ares_store_transactions_total",
+            "counter",
+            "Transactions that wrote chats, run starts and run settlements (a busy instance writes many in one).",
+            figures.ledger.transactions,
+        ),
+        (
+            "ares_store_writes_total",
+            "counter",
+            "Chats, run starts and run settlements written; over ares_store_transactions_total, the writes per commit.",
+            figures.ledger.writes,
         ),
     ]
 }

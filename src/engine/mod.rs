@@ -228,7 +228,8 @@ impl Engine {
 
     /// What the engine has counted, for metrics.
     pub fn figures(&self) -> Figures {
-        self.telemetry.figures(self.store.is_up())
+        self.telemetry
+            .figures(self.store.is_up(), self.store.ledger_figures())
     }
 
     /// How many agents are served now, over all tenants.

@@ -98,6 +98,8 @@ pub struct Figures {
     pub webhook_attempts: [(&'static str, u64); 3],
     /// Age of the oldest webhook delivery still pending, in seconds (0: none).
     pub webhook_oldest_pending_seconds: u64,
+    /// Transactions that wrote chats, run starts and settlements, and those writes.
+    pub ledger: crate::store::LedgerFigures,
 }
 
 #[derive(Default)]
@@ -108,7 +110,11 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    pub(crate) fn figures(&self, database_up: bool) -> Figures {
+    pub(crate) fn figures(
+        &self,
+        database_up: bool,
+        ledger: crate::store::LedgerFigures,
+    ) -> Figures {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Figures {
             tool_calls: self.tool_calls.snapshot(),
@@ -124,6 +130,7 @@ impl Telemetry {
                 ("failed", load(&self.webhooks.failed)),
             ],
             webhook_oldest_pending_seconds: load(&self.webhooks.oldest_pending_seconds),
+            ledger,
         }
     }
 }

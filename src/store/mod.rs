@@ -9,7 +9,7 @@ mod idempotency;
 mod instances;
 mod keys;
 mod ledger;
-pub use ledger::Settled;
+pub use ledger::{LedgerFigures, Settled};
 mod lifecycle;
 mod migrations;
 /// The schema, for tools that time statements against it (`bench/statements.rs`).
@@ -240,6 +240,13 @@ impl Store {
     /// Whether the store currently takes the database to be reachable (no query is made).
     pub fn is_up(&self) -> bool {
         !self.health.down.load(Ordering::Relaxed)
+    }
+
+    /// What the group-commit writer committed so far (zeros on a handle without one).
+    pub fn ledger_figures(&self) -> LedgerFigures {
+        self.ledger
+            .as_ref()
+            .map_or_else(LedgerFigures::default, |l| l.figures())
     }
 
     /// Notes that the database is unreachable and starts the probe that notes its return.

@@ -169,6 +169,13 @@ async fn system_endpoints() {
             .text
             .contains("ares_runs_total{status=\"completed\"} 1")
     );
+    // The run's start and its settlement, one at a time on an idle server.
+    for line in [
+        "ares_store_transactions_total 2",
+        "ares_store_writes_total 2",
+    ] {
+        assert!(metrics.text.contains(line), "{line}: {}", metrics.text);
+    }
     assert!(
         metrics
             .text

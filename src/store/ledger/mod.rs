@@ -16,7 +16,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -137,6 +137,30 @@ pub(super) struct Ledger {
     shards: Vec<Shard>,
     /// The handle writes go through (one without a ledger).
     direct: Store,
+    tally: Arc<Tally>,
+}
+
+/// What the ledger committed since the process started: writes over transactions is how many
+/// writes a commit carries on average (1 on an idle server, more as load grows).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerFigures {
+    /// Transactions committed with at least one write.
+    pub transactions: u64,
+    /// Chats, run starts and run settlements committed.
+    pub writes: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    transactions: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Tally {
+    fn committed(&self, writes: usize) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+    }
 }
 
 struct Shard {
@@ -151,6 +175,7 @@ impl Ledger {
     /// Starts the workers; they write through `store` (a handle without a ledger) and stop
     /// when the last handle with this ledger is dropped.
     pub(super) fn start(store: &Store) -> Arc<Ledger> {
+        let tally = Arc::new(Tally::default());
         let shards = (0..SHARDS * 2)
             .map(|_| {
                 let (queue, rx) = mpsc::unbounded_channel();
@@ -164,6 +189,7 @@ impl Ledger {
                     rx,
                     Arc::clone(&shard.queued),
                     Arc::clone(&shard.gate),
+                    Arc::clone(&tally),
                 ));
                 shard
             })
@@ -171,7 +197,15 @@ impl Ledger {
         Arc::new(Ledger {
             shards,
             direct: store.clone(),
+            tally,
         })
+    }
+
+    pub(super) fn figures(&self) -> LedgerFigures {
+        LedgerFigures {
+            transactions: self.tally.transactions.load(Ordering::Relaxed),
+            writes: self.tally.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// Writes `op` at once when its tenant's shard is idle (no hand-off to another task);
@@ -183,7 +217,11 @@ impl Ledger {
         if shard.queued.load(Ordering::Acquire) == 0
             && let Ok(_gate) = Arc::clone(&shard.gate).try_lock_owned()
         {
-            return self.direct.write_one(&op).await;
+            let outcome = self.direct.write_one(&op).await;
+            if outcome.is_ok() {
+                self.tally.committed(1);
+            }
+            return outcome;
         }
         let stopped = || StoreError::Internal(anyhow::anyhow!("the store's writer stopped"));
         let (reply, answer) = oneshot::channel();
@@ -201,6 +239,7 @@ async fn work(
     mut queue: mpsc::UnboundedReceiver<Pending>,
     queued: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Mutex<()>>,
+    tally: Arc<Tally>,
 ) {
     while let Some(first) = queue.recv().await {
         // Wait for a write made directly by its caller; more queue meanwhile.
@@ -216,6 +255,7 @@ async fn work(
         let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
         match store.write_batch(&ops).await {
             Ok(outcomes) => {
+                tally.committed(batch.len());
                 for (p, o) in batch.into_iter().zip(outcomes) {
                     let _ = p.reply.send(Ok(o));
                 }
@@ -225,6 +265,9 @@ async fn work(
                 tracing::warn!(error = %format!("{e:#}"), writes = batch.len(), "a batch failed; writing its writes one by one");
                 for p in batch {
                     let one = store.write_one(&p.op).await;
+                    if one.is_ok() {
+                        tally.committed(1);
+                    }
                     let _ = p.reply.send(one);
                 }
             }

@@ -402,6 +402,13 @@ async fn concurrent_writers_share_batches_and_never_overshoot() {
         usage_row(&store, &period).await,
         json!({"runs": 0, "reserved_runs": 7, "tokens": 40})
     );
+    // Refused starts are written too (their transaction tells that the quota is reached).
+    let figures = store.ledger_figures();
+    assert_eq!(figures.writes, 40, "{figures:?}");
+    assert!(
+        (2..40).contains(&figures.transactions),
+        "40 writes shared transactions: {figures:?}"
+    );
 }
 
 #[tokio::test]
