@@ -105,20 +105,39 @@ fn is_remote(url: &str) -> bool {
 /// On a runtime of their own they cannot stall the request threads, and they outlive the
 /// runtime that opened the store. Queries still run on the caller's task.
 fn background_runtime() -> Result<&'static tokio::runtime::Handle> {
-    match BACKGROUND.get_or_init(|| {
+    own_runtime(&BACKGROUND, "ares-store")
+}
+
+/// The runtime the ledger's workers run on (see `ledger`): one thread that the system shares
+/// with the request threads, so that a batch waiting to be written never waits behind the
+/// requests queued on a request thread, and a commit's answer wakes it at once. Not the
+/// engine's runtime, whose flushes and compactions hold their thread.
+fn ledger_runtime() -> Result<&'static tokio::runtime::Handle> {
+    own_runtime(&LEDGER, "ares-ledger")
+}
+
+/// A one-thread runtime kept in `cell` for the life of the process. A static is never
+/// dropped: a runtime must not be dropped inside async code.
+fn own_runtime(
+    cell: &'static RuntimeCell,
+    name: &'static str,
+) -> Result<&'static tokio::runtime::Handle> {
+    match cell.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .thread_name("ares-store")
+            .thread_name(name)
             .thread_stack_size(THREAD_STACK_SIZE)
             .enable_all()
             .build()
     }) {
         Ok(rt) => Ok(rt.handle()),
         Err(e) => Err(StoreError::Internal(anyhow::anyhow!(
-            "starting the store's runtime: {e}"
+            "starting the runtime {name}: {e}"
         ))),
     }
 }
+
+type RuntimeCell = std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>>;
 
 /// How an embedded engine is opened: as by default, but without live-query notifications,
 /// which `ares` never subscribes to and which would cost every writing statement a task that
@@ -129,10 +148,10 @@ fn embedded_config() -> surrealdb::opt::Config {
     )
 }
 
-/// The store's runtime, once an embedded engine was opened. A static is never dropped: a
-/// runtime must not be dropped inside async code.
-static BACKGROUND: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> =
-    std::sync::OnceLock::new();
+/// The store's runtime, once an embedded engine was opened.
+static BACKGROUND: RuntimeCell = RuntimeCell::new();
+/// The ledger's runtime, once a store with a ledger was connected.
+static LEDGER: RuntimeCell = RuntimeCell::new();
 
 /// The handle every part of `ares` stores through.
 #[derive(Clone)]
@@ -173,7 +192,7 @@ impl Store {
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store> {
         let mut store = Store::open(settings).await?;
         migrations::apply(&store).await?;
-        store.ledger = Some(ledger::Ledger::start(&store));
+        store.ledger = Some(ledger::Ledger::start(&store, ledger_runtime()?));
         Ok(store)
     }
 

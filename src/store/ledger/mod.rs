@@ -12,7 +12,8 @@
 //! to reach the disk). Instances sharing a database still can race, and a lost race runs the
 //! whole transaction again. Nothing waits to fill a batch: a write to an idle shard is made at
 //! once by its caller, and the shard's worker takes whatever queued meanwhile when it is free,
-//! so a busy server writes many per commit.
+//! so a busy server writes many per commit. The workers run on a thread of their own (see
+//! `store::ledger_runtime`), not behind the requests queued on the request threads.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -172,9 +173,9 @@ struct Shard {
 }
 
 impl Ledger {
-    /// Starts the workers; they write through `store` (a handle without a ledger) and stop
-    /// when the last handle with this ledger is dropped.
-    pub(super) fn start(store: &Store) -> Arc<Ledger> {
+    /// Starts the workers on `runtime`; they write through `store` (a handle without a
+    /// ledger) and stop when the last handle with this ledger is dropped.
+    pub(super) fn start(store: &Store, runtime: &tokio::runtime::Handle) -> Arc<Ledger> {
         let tally = Arc::new(Tally::default());
         let shards = (0..SHARDS * 2)
             .map(|_| {
@@ -184,7 +185,7 @@ impl Ledger {
                     queued: Arc::default(),
                     gate: Arc::default(),
                 };
-                tokio::spawn(work(
+                runtime.spawn(work(
                     store.clone(),
                     rx,
                     Arc::clone(&shard.queued),
