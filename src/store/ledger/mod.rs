@@ -138,6 +138,7 @@ pub(super) struct Ledger {
     shards: Vec<Shard>,
     /// The handle writes go through (one without a ledger).
     direct: Store,
+    /// What its writes committed, for `/metrics`.
     tally: Arc<Tally>,
 }
 
