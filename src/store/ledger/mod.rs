@@ -203,6 +203,13 @@ impl Ledger {
         })
     }
 
+    /// The lane of `op`'s tenant's shard that writes it.
+    fn shard(&self, op: &Op) -> &Shard {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        op.tenant().hash(&mut hasher);
+        &self.shards[hasher.finish() as usize % SHARDS * 2 + op.lane()]
+    }
+
     pub(super) fn figures(&self) -> LedgerFigures {
         LedgerFigures {
             transactions: self.tally.transactions.load(Ordering::Relaxed),
@@ -213,9 +220,7 @@ impl Ledger {
     /// Writes `op` at once when its tenant's shard is idle (no hand-off to another task);
     /// otherwise queues it on the shard and waits for its batch to commit.
     pub(super) async fn submit(&self, op: Op) -> Result<Outcome> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        op.tenant().hash(&mut hasher);
-        let shard = &self.shards[hasher.finish() as usize % SHARDS * 2 + op.lane()];
+        let shard = self.shard(&op);
         if shard.queued.load(Ordering::Acquire) == 0
             && let Ok(_gate) = Arc::clone(&shard.gate).try_lock_owned()
         {
