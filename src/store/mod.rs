@@ -105,26 +105,29 @@ fn is_remote(url: &str) -> bool {
 /// On a runtime of their own they cannot stall the request threads, and they outlive the
 /// runtime that opened the store. Queries still run on the caller's task.
 fn background_runtime() -> Result<&'static tokio::runtime::Handle> {
-    own_runtime(&BACKGROUND, "ares-store")
+    own_runtime(&BACKGROUND, "ares-store", 1)
 }
 
-/// The runtime the ledger's workers run on (see `ledger`): one thread that the system shares
-/// with the request threads, so that a batch waiting to be written never waits behind the
-/// requests queued on a request thread, and a commit's answer wakes it at once. Not the
-/// engine's runtime, whose flushes and compactions hold their thread.
+/// The runtime the ledger's workers run on (see `ledger`): threads of their own, one per core
+/// up to one per lane, that the system shares with the request threads, so that a batch
+/// waiting to be written never waits behind the requests queued on a request thread, and a
+/// commit's answer wakes it at once. Not the engine's runtime, whose flushes and compactions
+/// hold their thread.
 fn ledger_runtime() -> Result<&'static tokio::runtime::Handle> {
-    own_runtime(&LEDGER, "ares-ledger")
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    own_runtime(&LEDGER, "ares-ledger", threads.min(ledger::LANES))
 }
 
-/// A one-thread runtime kept in `cell` for the life of the process. A static is never
-/// dropped: a runtime must not be dropped inside async code.
+/// A runtime of `threads` threads kept in `cell` for the life of the process. A static is
+/// never dropped: a runtime must not be dropped inside async code.
 fn own_runtime(
     cell: &'static RuntimeCell,
     name: &'static str,
+    threads: usize,
 ) -> Result<&'static tokio::runtime::Handle> {
     match cell.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(threads)
             .thread_name(name)
             .thread_stack_size(THREAD_STACK_SIZE)
             .enable_all()

@@ -12,7 +12,7 @@
 //! to reach the disk). Instances sharing a database still can race, and a lost race runs the
 //! whole transaction again. Nothing waits to fill a batch: a write to an idle shard is made at
 //! once by its caller, and the shard's worker takes whatever queued meanwhile when it is free,
-//! so a busy server writes many per commit. The workers run on a thread of their own (see
+//! so a busy server writes many per commit. The workers run on threads of their own (see
 //! `store::ledger_runtime`), not behind the requests queued on the request threads.
 
 use std::hash::{Hash, Hasher};
@@ -37,6 +37,8 @@ use script::{
 /// Tenants per store are spread over this many shards by a hash of their slug; each shard has
 /// two workers, one for run starts and one for settlements and chats.
 const SHARDS: usize = 4;
+/// Workers per store: two lanes per shard.
+pub(super) const LANES: usize = SHARDS * 2;
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 64;
 
@@ -178,7 +180,7 @@ impl Ledger {
     /// ledger) and stop when the last handle with this ledger is dropped.
     pub(super) fn start(store: &Store, runtime: &tokio::runtime::Handle) -> Arc<Ledger> {
         let tally = Arc::new(Tally::default());
-        let shards = (0..SHARDS * 2)
+        let shards = (0..LANES)
             .map(|_| {
                 let (queue, rx) = mpsc::unbounded_channel();
                 let shard = Shard {

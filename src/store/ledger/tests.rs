@@ -584,10 +584,10 @@ async fn a_new_period_reserves_within_the_quotas_and_never_over() {
     assert!(start(&store, &period, "tokens", (10, 7)).await.is_none());
 }
 
-/// Connecting a store starts the ledger's own thread, where its workers write batches.
+/// Connecting a store starts the ledger's own threads, where its workers write batches.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn the_workers_have_a_thread_of_their_own() {
+async fn the_workers_have_threads_of_their_own() {
     let _store = store().await;
     let names: Vec<String> = std::fs::read_dir("/proc/self/task")
         .unwrap()
