@@ -75,28 +75,33 @@ pub(super) enum Op {
 }
 
 impl Op {
-    /// The counter rows the op writes (see [`KnownRows`]).
-    fn counters(&self) -> Vec<String> {
+    /// The period and day the op counts in.
+    fn reservation(&self) -> std::borrow::Cow<'_, Reservation> {
+        use std::borrow::Cow;
         match self {
             Op::Chat { chat, period } => {
-                let r = reservation(&chat.tenant, period, chat.created_at);
-                vec![
-                    row("usage_settled", &r.period_key),
-                    row("usage_daily", &r.day_key),
-                ]
+                Cow::Owned(reservation(&chat.tenant, period, chat.created_at))
             }
-            Op::Begin { period, run, .. } => vec![
-                row(
-                    "usage_period",
-                    &reservation(&run.tenant, period, run.started_at).period_key,
-                ),
+            Op::Begin { period, run, .. } => {
+                Cow::Owned(reservation(&run.tenant, period, run.started_at))
+            }
+            Op::Settle { reservation, .. } => Cow::Borrowed(reservation),
+        }
+    }
+
+    /// The counter rows the op writes (see [`KnownRows`]).
+    fn counters(&self) -> Vec<String> {
+        let r = self.reservation();
+        match self {
+            Op::Chat { .. } => vec![
+                row("usage_settled", &r.period_key),
+                row("usage_daily", &r.day_key),
+            ],
+            Op::Begin { run, .. } => vec![
+                row("usage_period", &r.period_key),
                 row("agent_state", &run.agent_id),
             ],
-            Op::Settle {
-                reservation: r,
-                run,
-                ..
-            } => vec![
+            Op::Settle { run, .. } => vec![
                 row("usage_settled", &r.period_key),
                 row("usage_daily", &r.day_key),
                 row("agent_settled", &run.agent_id),
@@ -318,12 +323,12 @@ impl Store {
             // could not do more cheaply.
             Op::Chat { .. } => Ok(self.write_many(std::slice::from_ref(op)).await?.remove(0)),
             Op::Begin {
-                period,
                 quota_runs,
                 quota_tokens,
                 run,
+                ..
             } => {
-                let r = reservation(&run.tenant, period, run.started_at);
+                let r = op.reservation();
                 let counters = op.counters();
                 let known = self.counters.knows(&counters);
                 // The period's row is made on its first run (an UPSERT ignores its condition
@@ -447,8 +452,8 @@ impl Store {
         let mut slots = Vec::with_capacity(ops.len());
         for op in ops {
             slots.push(match op {
-                Op::Chat { chat, period } => {
-                    let r = reservation(&chat.tenant, period, chat.created_at);
+                Op::Chat { chat, .. } => {
+                    let r = op.reservation();
                     // The same chat twice in one batch would be counted twice.
                     if seen.insert(("chat", chat.id.as_str())) {
                         let vars = || {
@@ -486,12 +491,12 @@ impl Store {
                     }
                 }
                 Op::Begin {
-                    period,
                     quota_runs,
                     quota_tokens,
                     run,
+                    ..
                 } => {
-                    let r = reservation(&run.tenant, period, run.started_at);
+                    let r = op.reservation();
                     let key = format!("{}\n{}", r.period_key, run.agent_id);
                     let vars = || {
                         let vars = json!({"tenant": run.tenant, "key": r.period_key,
