@@ -89,9 +89,9 @@ impl Op {
         }
     }
 
-    /// The counter rows the op writes (see [`KnownRows`]).
-    fn counters(&self) -> Vec<String> {
-        let r = self.reservation();
+    /// The counter rows the op writes (see [`KnownRows`]), in the period and day `r` (its
+    /// [`Op::reservation`]).
+    fn counters(&self, r: &Reservation) -> Vec<String> {
         match self {
             Op::Chat { .. } => vec![
                 row("usage_settled", &r.period_key),
@@ -329,7 +329,7 @@ impl Store {
                 ..
             } => {
                 let r = op.reservation();
-                let counters = op.counters();
+                let counters = op.counters(&r);
                 let known = self.counters.knows(&counters);
                 // The period's row is made on its first run (an UPSERT ignores its condition
                 // when it creates, and `WHERE false` leaves an existing row unwritten), then the
@@ -382,7 +382,7 @@ impl Store {
                 run,
                 steps,
             } => {
-                let counters = op.counters();
+                let counters = op.counters(reservation);
                 let known = self.counters.knows(&counters);
                 let events = if steps.is_empty() { "" } else { EVENTS };
                 let (write, settled, daily, agent) = if known {
@@ -459,7 +459,7 @@ impl Store {
                         let vars = || {
                             let vars = json!({"tenant": chat.tenant, "period": r.period_key,
                                 "day": r.day_key, "date": r.date, "start": r.start});
-                            (obj(vars), op.counters())
+                            (obj(vars), op.counters(&r))
                         };
                         chats.add(
                             format!("{}\n{}", r.period_key, r.day_key),
@@ -480,7 +480,7 @@ impl Store {
                             let vars = json!({"tenant": r.tenant, "period": r.period_key,
                                 "start": r.start, "day": r.day_key, "date": r.date,
                                 "agent_id": run.agent_id});
-                            (obj(vars), op.counters())
+                            (obj(vars), op.counters(r))
                         };
                         let (g, _) = settles.add(key.clone(), vars, settle_row(run, steps));
                         settles.list[g].events |= !steps.is_empty();
@@ -502,7 +502,7 @@ impl Store {
                         let vars = json!({"tenant": run.tenant, "key": r.period_key,
                             "agent": run.agent, "agent_id": run.agent_id, "start": r.start,
                             "qr": quota_runs, "qt": quota_tokens});
-                        (obj(vars), op.counters())
+                        (obj(vars), op.counters(&r))
                     };
                     let (group, index) = begins.add(key, vars, begin_row(run, &self.instance));
                     // A group takes the smallest quotas its callers saw (they may have read the
