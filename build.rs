@@ -30,14 +30,12 @@ fn main() {
     if !release || !target || own_linker || !rustc_links_with_lld() {
         return;
     }
-    let order = Path::new(&var("CARGO_MANIFEST_DIR")).join(ORDER);
-    if order.is_file() {
+    if Path::new(&var("CARGO_MANIFEST_DIR")).join(ORDER).is_file() {
         // Not watched when missing: cargo would run this script again on every build.
         println!("cargo:rerun-if-changed={ORDER}");
-        println!(
-            "cargo:rustc-link-arg-bin=ares=-Wl,--symbol-ordering-file={}",
-            order.display()
-        );
+        // Relative to the package, where the linker runs: checkouts sharing a target directory
+        // share this script's output too, and an absolute path would name another checkout.
+        println!("cargo:rustc-link-arg-bin=ares=-Wl,--symbol-ordering-file={ORDER}");
         println!("cargo:rustc-link-arg-bin=ares=-Wl,--no-warn-symbol-ordering");
     }
 }
