@@ -8,8 +8,8 @@
 //! 1.90. `ARES_LINK_ORDER=off` leaves the layout to the linker; a name the file lists and the
 //! build does not define (another toolchain, other dependency versions) is skipped: the layout
 //! then only loses its gain. Packed relocations need glibc 2.36 where the binary runs, so they
-//! are used only where the build's own glibc is 2.36 or later (its binaries need that glibc's
-//! symbols anyway), and `ARES_PACK_RELOCS=off` leaves them unpacked, for a binary meant for an
+//! are used only where the build's own glibc is 2.36 or later (its binaries need nearly that
+//! glibc anyway), and `ARES_PACK_RELOCS=off` leaves them unpacked, for a binary meant for an
 //! older system.
 
 use std::path::Path;
