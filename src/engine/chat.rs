@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::detach::{Detached, panic_text};
 use super::error::{EngineError, Result, invalid};
 use super::runs::IdempotencyKey;
 use super::tool_loop::{Delivery, Ended, Progress, converse};
@@ -113,8 +114,8 @@ impl Engine {
 
     /// A complete chat answer, recorded in usage. A provider failure is
     /// [`EngineError::Upstream`]; the tokens it spent are still recorded. The conversation
-    /// runs in a task of its own, so a caller that goes away does not keep its tokens from
-    /// being recorded.
+    /// finishes even if its caller goes away (it moves to a task of its own then,
+    /// [`Detached`]), so a client that leaves does not keep its tokens from being recorded.
     ///
     /// With an idempotency key, a repeat of the request answers the first answer (`true`:
     /// replayed) without running again.
@@ -128,11 +129,12 @@ impl Engine {
         let chat = self.prepare_chat(tenant, input).await?;
         let (engine, owner) = (Arc::clone(self), tenant.clone());
         let answer = async move {
-            tokio::spawn(async move { engine.complete_chat(&owner, chat).await }.in_current_span())
+            Detached::new(async move { engine.complete_chat(&owner, chat).await }.in_current_span())
                 .await
-                .map_err(|e| {
+                .map_err(|panic| {
                     EngineError::Internal(anyhow::anyhow!(
-                        "the task of a chat ended abnormally: {e}"
+                        "the work of a chat panicked: {}",
+                        panic_text(&*panic)
                     ))
                 })?
         };

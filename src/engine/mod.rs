@@ -10,6 +10,7 @@ mod agents;
 mod background;
 mod chat;
 mod clock;
+mod detach;
 mod durable;
 mod error;
 mod keyring;

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::detach::{Detached, panic_text};
 use super::error::{EngineError, Result, invalid};
 use super::tool_loop::{Delivery, Ended, Progress, converse};
 use super::{Engine, Listing, agent_id};
@@ -188,10 +189,11 @@ impl Engine {
     /// idempotency key) are errors; a run that started is always answered as its stored
     /// record: `completed`, `failed` or `cancelled` — or, in the background, `running`.
     ///
-    /// Once started, a run completes in a task of its own: a caller that goes away (a client
-    /// whose connection was reset, a proxy that gave up) does not stop it, so it always settles
-    /// with its tokens and its reservation. A panic of its model work fails it; a cancel stops
-    /// it.
+    /// Once started, a run completes even if its caller goes away (a client whose connection
+    /// was reset, a proxy that gave up): its work is done in the caller's task while the caller
+    /// waits and moves to a task of its own if the caller is dropped ([`Detached`]); in the
+    /// background it is a task of its own from the start. So it always settles with its tokens
+    /// and its reservation. A panic of its model work fails it; a cancel stops it.
     #[tracing::instrument(skip(self, tenant, input, ask), fields(tenant = %tenant.slug))]
     pub async fn run_agent(
         self: &Arc<Self>,
@@ -250,18 +252,17 @@ impl Engine {
         let cancel = self.in_flight.start(&run);
         let engine = Arc::clone(self);
         let started = run.clone();
-        let finishing = tokio::spawn(
-            async move {
-                let id = run.id.clone();
-                let done = engine
-                    .complete_run(&agent, &input, run, reservation, &cancel)
-                    .await;
-                engine.in_flight.end(&id);
-                done
-            }
-            .in_current_span(),
-        );
+        let work = async move {
+            let id = run.id.clone();
+            let done = engine
+                .complete_run(&agent, &input, run, reservation, &cancel)
+                .await;
+            engine.in_flight.end(&id);
+            done
+        }
+        .in_current_span();
         if ask.background {
+            tokio::spawn(work);
             return Ok(RunAnswer {
                 run: started,
                 steps: Vec::new(),
@@ -269,8 +270,11 @@ impl Engine {
                 background: true,
             });
         }
-        let (run, steps) = finishing.await.map_err(|e| {
-            EngineError::Internal(anyhow::anyhow!("the task of a run ended abnormally: {e}"))
+        let (run, steps) = Detached::new(work).await.map_err(|panic| {
+            EngineError::Internal(anyhow::anyhow!(
+                "the work of a run panicked: {}",
+                panic_text(&*panic)
+            ))
         })??;
         Ok(RunAnswer {
             run,
@@ -291,27 +295,29 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<(RunRecord, Vec<Step>)> {
         let (steps_tx, steps_rx) = tokio::sync::mpsc::unbounded_channel();
-        let writer = tokio::spawn(
-            write_steps(self.store.clone(), run.id.clone(), steps_rx).in_current_span(),
-        );
         let progress = Progress::with_steps(Arc::clone(&self.clock), steps_tx);
-        let outcome = tokio::select! {
-            outcome = AssertUnwindSafe(self.execute(agent, input, &progress)).catch_unwind() => {
-                outcome.unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(run = %run.id, panic = %what, "the model work of a run panicked");
-                    Outcome::failed(PANICKED.into(), progress.tokens())
-                })
-            }
-            // Dropping the model work aborts the provider's request at once.
-            () = cancel.cancelled() => Outcome::cancelled(progress.tokens()),
+        let run_id = &run.id;
+        let work = async move {
+            let outcome = tokio::select! {
+                outcome = AssertUnwindSafe(self.execute(agent, input, &progress)).catch_unwind() => {
+                    outcome.unwrap_or_else(|panic| {
+                        let what = panic_text(&*panic);
+                        tracing::error!(run = %run_id, panic = %what, "the model work of a run panicked");
+                        Outcome::failed(PANICKED.into(), progress.tokens())
+                    })
+                }
+                // Dropping the model work aborts the provider's request at once.
+                () = cancel.cancelled() => Outcome::cancelled(progress.tokens()),
+            };
+            // Its steps end here: the writer writes what it has not and stops.
+            drop(progress);
+            outcome
         };
-        drop(progress);
-        let (steps, written) = writer.await.unwrap_or_default();
+        // The steps are written as they come, beside the model work, in this task.
+        let (outcome, (steps, written)) = tokio::join!(
+            work,
+            write_steps(self.store.clone(), run.id.clone(), steps_rx)
+        );
         let unwritten: Vec<(u64, Step)> = (written + 1..)
             .zip(steps[written as usize..].iter().cloned())
             .collect();
