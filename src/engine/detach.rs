@@ -55,7 +55,8 @@ impl<T: Send + 'static> Drop for Detached<T> {
         let Some(work) = self.work.take() else {
             return;
         };
-        match &self.runtime {
+        let runtime = (self.runtime.take()).or_else(|| tokio::runtime::Handle::try_current().ok());
+        match runtime {
             Some(runtime) => {
                 runtime.spawn(async move {
                     if let Err(panic) = work.await {
@@ -63,7 +64,7 @@ impl<T: Send + 'static> Drop for Detached<T> {
                     }
                 });
             }
-            // Made outside any runtime, nothing could poll it but its caller.
+            // Made and dropped outside any runtime: there is nowhere to finish it.
             None => tracing::error!("work whose caller went away was dropped unfinished"),
         }
     }

@@ -241,14 +241,6 @@ impl Engine {
                 return Err(e);
             }
         };
-        if let Some(key) = &ask.idempotency
-            && let Err(e) = self
-                .store
-                .idempotent_run(&tenant.slug, &key.key, &run.id, ask.background)
-                .await
-        {
-            tracing::warn!(run = %run.id, error = %e, "the run's idempotency key does not name it yet");
-        }
         let cancel = self.in_flight.start(&run);
         let engine = Arc::clone(self);
         let started = run.clone();
@@ -261,16 +253,31 @@ impl Engine {
             done
         }
         .in_current_span();
-        if ask.background {
+        // From here on the run settles even if this request is dropped at the next await: its
+        // work is a task of its own (in the background) or detached.
+        let waited = if ask.background {
             tokio::spawn(work);
+            None
+        } else {
+            Some(Detached::new(work))
+        };
+        if let Some(key) = &ask.idempotency
+            && let Err(e) = self
+                .store
+                .idempotent_run(&tenant.slug, &key.key, &started.id, ask.background)
+                .await
+        {
+            tracing::warn!(run = %started.id, error = %e, "the run's idempotency key does not name it yet");
+        }
+        let Some(work) = waited else {
             return Ok(RunAnswer {
                 run: started,
                 steps: Vec::new(),
                 replayed: false,
                 background: true,
             });
-        }
-        let (run, steps) = Detached::new(work).await.map_err(|panic| {
+        };
+        let (run, steps) = work.await.map_err(|panic| {
             EngineError::Internal(anyhow::anyhow!(
                 "the work of a run panicked: {}",
                 panic_text(&*panic)
