@@ -55,7 +55,10 @@ impl<T: Send + 'static> Drop for Detached<T> {
         let Some(work) = self.work.take() else {
             return;
         };
-        let runtime = (self.runtime.take()).or_else(|| tokio::runtime::Handle::try_current().ok());
+        let runtime = self
+            .runtime
+            .take()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
         match runtime {
             Some(runtime) => {
                 runtime.spawn(async move {
