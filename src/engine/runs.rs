@@ -320,11 +320,22 @@ impl Engine {
             drop(progress);
             outcome
         };
-        // The steps are written as they come, beside the model work, in this task.
-        let (outcome, (steps, written)) = tokio::join!(
-            work,
-            write_steps(self.store.clone(), run.id.clone(), steps_rx)
-        );
+        // The steps are written as they come, beside the model work, in this task. A panic of
+        // the writer loses the steps, never the run's settlement.
+        let writer = async {
+            let written =
+                AssertUnwindSafe(write_steps(self.store.clone(), run.id.clone(), steps_rx))
+                    .catch_unwind()
+                    .await;
+            match written {
+                Ok(written) => written,
+                Err(panic) => {
+                    tracing::error!(run = %run_id, panic = %panic_text(&*panic), "the writer of a run's steps panicked");
+                    (Vec::new(), 0)
+                }
+            }
+        };
+        let (outcome, (steps, written)) = tokio::join!(work, writer);
         let unwritten: Vec<(u64, Step)> = (written + 1..)
             .zip(steps[written as usize..].iter().cloned())
             .collect();
