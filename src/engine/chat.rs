@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::detach::{Detached, panic_text};
+use super::detach::{Detached, panicked};
 use super::error::{EngineError, Result, invalid};
 use super::runs::IdempotencyKey;
 use super::tool_loop::{Delivery, Ended, Progress, converse};
@@ -131,12 +131,7 @@ impl Engine {
         let answer = async move {
             Detached::new(async move { engine.complete_chat(&owner, chat).await }.in_current_span())
                 .await
-                .map_err(|panic| {
-                    EngineError::Internal(anyhow::anyhow!(
-                        "the work of a chat panicked: {}",
-                        panic_text(&*panic)
-                    ))
-                })?
+                .map_err(|panic| panicked("a chat", &panic))?
         };
         match key {
             Some(key) => self.chat_once(tenant, &key, answer).await,

@@ -55,11 +55,7 @@ impl<T: Send + 'static> Drop for Detached<T> {
         let Some(work) = self.work.take() else {
             return;
         };
-        let runtime = self
-            .runtime
-            .take()
-            .or_else(|| tokio::runtime::Handle::try_current().ok());
-        match runtime {
+        match &self.runtime {
             Some(runtime) => {
                 runtime.spawn(async move {
                     if let Err(panic) = work.await {
@@ -67,10 +63,18 @@ impl<T: Send + 'static> Drop for Detached<T> {
                     }
                 });
             }
-            // Made and dropped outside any runtime: there is nowhere to finish it.
+            // Made outside any runtime: there is nowhere to finish it.
             None => tracing::error!("work whose caller went away was dropped unfinished"),
         }
     }
+}
+
+/// The error a request answers when the work it waited for panicked: `what` names the work.
+pub(super) fn panicked(what: &str, panic: &Panic) -> super::error::EngineError {
+    super::error::EngineError::Internal(anyhow::anyhow!(
+        "the work of {what} panicked: {}",
+        panic_text(&**panic)
+    ))
 }
 
 /// The message of a panic, if it had one.

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::detach::{Detached, panic_text};
+use super::detach::{Detached, panic_text, panicked};
 use super::error::{EngineError, Result, invalid};
 use super::tool_loop::{Delivery, Ended, Progress, converse};
 use super::{Engine, Listing, agent_id};
@@ -277,12 +277,7 @@ impl Engine {
                 background: true,
             });
         };
-        let (run, steps) = work.await.map_err(|panic| {
-            EngineError::Internal(anyhow::anyhow!(
-                "the work of a run panicked: {}",
-                panic_text(&*panic)
-            ))
-        })??;
+        let (run, steps) = work.await.map_err(|panic| panicked("a run", &panic))??;
         Ok(RunAnswer {
             run,
             steps,
